@@ -1,0 +1,1 @@
+//! The Qlik Sense load balancing module API.

@@ -1,0 +1,1 @@
+//! lb: a sticky, WebSocket-aware load balancer for Qlik Sense proxy nodes.
