@@ -1,0 +1,1 @@
+//! Engine health-check polling and the live samples.
