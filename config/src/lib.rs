@@ -1,1 +1,712 @@
-//! lb-config
+//! Configuration of the `lb` load balancer.
+//!
+//! Two layers, as in sozu: [`file`] holds the serde types of the TOML file (every optional key
+//! has a default, unknown keys are refused), and [`Config`] is the checked result of
+//! [`Config::from_toml`]: addresses parsed, durations in range, node ids unique, key files read.
+//! Every problem found is reported with its key path (`nodes[2].address: ...`), all of them at
+//! once where the file parses.
+
+pub mod file;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{BalanceStrategy, ProxyProtocolMode};
+
+/// One problem in a configuration file, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path such as `nodes[2].address`; empty for problems of the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub listener: Listener,
+    pub upstream: Upstream,
+    pub websocket: WebSocket,
+    pub sticky: Sticky,
+    pub balance: Balance,
+    pub health: Health,
+    pub shutdown: Shutdown,
+    pub admin: Option<Admin>,
+    pub module: Option<Module>,
+    pub telemetry: Telemetry,
+    pub nodes: Vec<Node>,
+    /// The file text this was built from, hashed: identifies the config version.
+    pub version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub worker_threads: usize,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub proxy_protocol: ProxyProtocolMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_node: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocket {
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub session_cookies: Vec<String>,
+    pub session_cookie_prefixes: Vec<String>,
+    pub session_idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub route_cookie: String,
+    /// HMAC key of the route cookie. `None`: a random key for this process only.
+    pub route_key: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Balance {
+    pub strategy: BalanceStrategy,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub passive_fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Module {
+    pub address: SocketAddr,
+    pub base_path: String,
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub address: SocketAddr,
+    pub zone: Option<String>,
+    /// Health check URL of this node's engine, when telemetry is wanted.
+    pub engine: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks a file; relative paths in it are taken from the file's folder.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base)
+    }
+
+    /// Parses and checks TOML text; relative file paths are resolved against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::new(text);
+        let raw: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigErrors::one(path, e.into_inner().message().trim().to_string())
+        })?;
+        let mut v = Validator {
+            errors: Vec::new(),
+            base_dir,
+        };
+        let cfg = v.check(raw, text);
+        if v.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+struct Validator<'a> {
+    errors: Vec<ConfigError>,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> SocketAddr {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "invalid socket address {s:?} (expected IP:port, e.g. \"10.0.0.5:443\")"
+                    ),
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+
+    fn dur(&mut self, path: &str, d: &file::Dur, min: Duration, max: Duration) -> Duration {
+        let v = d.0;
+        if v < min || v > max {
+            self.err(
+                path,
+                format!(
+                    "{} is out of range ({} to {})",
+                    humantime::format_duration(v),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+        v
+    }
+
+    fn path(&self, p: &Option<String>) -> Option<PathBuf> {
+        p.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    fn check(&mut self, f: file::FileConfig, text: &str) -> Config {
+        const MS: Duration = Duration::from_millis(1);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let server = Server {
+            worker_threads: f.server.worker_threads,
+            access_log: f.server.access_log,
+        };
+        if server.worker_threads > 1024 {
+            self.err(
+                "server.worker_threads",
+                "must be at most 1024 (0 means one per core)",
+            );
+        }
+
+        let listener = Listener {
+            address: self.addr("listener.address", &f.listener.address),
+            header_read_timeout: self.dur(
+                "listener.header_read_timeout",
+                &f.listener.header_read_timeout,
+                MS,
+                DAY,
+            ),
+            max_header_bytes: f.listener.max_header_bytes,
+            max_connections: f.listener.max_connections,
+            proxy_protocol: f.listener.proxy_protocol,
+        };
+        if !(8192..=1 << 20).contains(&listener.max_header_bytes) {
+            self.err(
+                "listener.max_header_bytes",
+                "must be between 8192 and 1048576",
+            );
+        }
+        if listener.max_connections == 0 {
+            self.err("listener.max_connections", "must be at least 1");
+        }
+
+        let upstream = Upstream {
+            connect_timeout: self.dur(
+                "upstream.connect_timeout",
+                &f.upstream.connect_timeout,
+                MS,
+                DAY,
+            ),
+            response_timeout: self.dur(
+                "upstream.response_timeout",
+                &f.upstream.response_timeout,
+                MS,
+                DAY,
+            ),
+            pool_idle_timeout: self.dur(
+                "upstream.pool_idle_timeout",
+                &f.upstream.pool_idle_timeout,
+                MS,
+                DAY,
+            ),
+            pool_max_idle_per_node: f.upstream.pool_max_idle_per_node,
+        };
+        let websocket = WebSocket {
+            idle_timeout: self.dur(
+                "websocket.idle_timeout",
+                &f.websocket.idle_timeout,
+                MS,
+                7 * DAY,
+            ),
+        };
+
+        let s = &f.sticky;
+        for (i, name) in s.session_cookies.iter().enumerate() {
+            if !is_cookie_name(name) {
+                self.err(
+                    format!("sticky.session_cookies[{i}]"),
+                    format!("{name:?} is not a valid cookie name"),
+                );
+            }
+        }
+        for (i, name) in s.session_cookie_prefixes.iter().enumerate() {
+            if !is_cookie_name(name) {
+                self.err(
+                    format!("sticky.session_cookie_prefixes[{i}]"),
+                    format!("{name:?} is not a valid cookie name prefix"),
+                );
+            }
+        }
+        if !is_cookie_name(&s.route_cookie) {
+            self.err(
+                "sticky.route_cookie",
+                format!("{:?} is not a valid cookie name", s.route_cookie),
+            );
+        }
+        if s.max_sessions == 0 {
+            self.err("sticky.max_sessions", "must be at least 1");
+        }
+        let route_key = match (&s.route_key, &s.route_key_file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    "sticky.route_key",
+                    "set either route_key or route_key_file, not both",
+                );
+                None
+            }
+            (Some(k), None) => Some(k.trim().as_bytes().to_vec()),
+            (None, Some(p)) => {
+                let p = self.base_dir.join(p);
+                match std::fs::read(&p) {
+                    Ok(k) => Some(trim_bytes(&k).to_vec()),
+                    Err(e) => {
+                        self.err(
+                            "sticky.route_key_file",
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(k) = &route_key {
+            if k.len() < 16 {
+                let key = if s.route_key.is_some() {
+                    "sticky.route_key"
+                } else {
+                    "sticky.route_key_file"
+                };
+                self.err(
+                    key,
+                    format!("the key must be at least 16 bytes long, got {}", k.len()),
+                );
+            }
+        }
+        let sticky = Sticky {
+            session_cookies: s.session_cookies.clone(),
+            session_cookie_prefixes: s.session_cookie_prefixes.clone(),
+            session_idle_timeout: self.dur(
+                "sticky.session_idle_timeout",
+                &s.session_idle_timeout,
+                Duration::from_secs(1),
+                30 * DAY,
+            ),
+            max_sessions: s.max_sessions,
+            route_cookie: s.route_cookie.clone(),
+            route_key,
+        };
+
+        let balance = Balance {
+            strategy: f.balance.strategy,
+            zone: f.balance.zone.clone(),
+        };
+        let health = Health {
+            passive_fail_timeout: self.dur(
+                "health.passive_fail_timeout",
+                &f.health.passive_fail_timeout,
+                MS,
+                DAY,
+            ),
+        };
+        let shutdown = Shutdown {
+            drain_timeout: self.dur(
+                "shutdown.drain_timeout",
+                &f.shutdown.drain_timeout,
+                Duration::ZERO,
+                DAY,
+            ),
+        };
+        let admin = f.admin.as_ref().map(|a| Admin {
+            address: self.addr("admin.address", &a.address),
+            token: a.token.clone(),
+        });
+        if let Some(a) = &admin {
+            if !a.address.ip().is_loopback() && a.token.as_deref().unwrap_or("").len() < 16 {
+                self.err(
+                    "admin.token",
+                    "the admin listener is not on a loopback address: a token of at least 16 characters is required",
+                );
+            }
+        }
+        let module = f.module.as_ref().map(|m| Module {
+            address: self.addr("module.address", &m.address),
+            base_path: m.base_path.clone(),
+            body_limit: m.body_limit,
+        });
+        if let Some(m) = &module {
+            if !m.base_path.starts_with('/') {
+                self.err("module.base_path", "must start with '/'");
+            }
+            if m.body_limit < 1024 {
+                self.err("module.body_limit", "must be at least 1024 bytes");
+            }
+        }
+        let t = &f.telemetry;
+        let telemetry = Telemetry {
+            interval: self.dur(
+                "telemetry.interval",
+                &t.interval,
+                Duration::from_millis(50),
+                DAY,
+            ),
+            timeout: self.dur("telemetry.timeout", &t.timeout, MS, DAY),
+            headers: t
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ca_file: self.path(&t.ca_file),
+            cert_file: self.path(&t.cert_file),
+            key_file: self.path(&t.key_file),
+            insecure_skip_verify: t.insecure_skip_verify,
+        };
+        for (k, v) in &telemetry.headers {
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                self.err(format!("telemetry.headers.{k}"), "invalid header name");
+            }
+            if v.bytes().any(|b| b < 0x20 && b != b'\t') {
+                self.err(format!("telemetry.headers.{k}"), "invalid header value");
+            }
+        }
+        if telemetry.cert_file.is_some() != telemetry.key_file.is_some() {
+            self.err("telemetry.cert_file", "cert_file and key_file go together");
+        }
+
+        let mut nodes = Vec::with_capacity(f.nodes.len());
+        let mut seen_ids = HashSet::new();
+        let mut seen_addrs = HashSet::new();
+        if f.nodes.is_empty() {
+            self.err("nodes", "at least one node is required");
+        }
+        for (i, n) in f.nodes.iter().enumerate() {
+            if n.id.is_empty()
+                || n.id.len() > 64
+                || !n
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                self.err(
+                    format!("nodes[{i}].id"),
+                    format!(
+                        "{:?} is not a valid node id (1 to 64 of A-Z a-z 0-9 - _)",
+                        n.id
+                    ),
+                );
+            } else if !seen_ids.insert(n.id.clone()) {
+                self.err(
+                    format!("nodes[{i}].id"),
+                    format!("duplicate node id {:?}", n.id),
+                );
+            }
+            let address = self.addr(&format!("nodes[{i}].address"), &n.address);
+            if address.port() != 0 && !seen_addrs.insert(address) {
+                self.err(
+                    format!("nodes[{i}].address"),
+                    format!("duplicate node address {address}"),
+                );
+            }
+            let engine = match n.engine.as_deref() {
+                None => None,
+                Some("same-host") => Some(format!(
+                    "https://{}:4747/engine/healthcheck",
+                    host_of(address)
+                )),
+                Some(url) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        self.err(
+                            format!("nodes[{i}].engine"),
+                            format!(
+                                "{url:?} is neither \"same-host\" nor an http:// or https:// URL"
+                            ),
+                        );
+                    }
+                    Some(url.to_string())
+                }
+            };
+            nodes.push(Node {
+                id: n.id.clone(),
+                address,
+                zone: n.zone.clone(),
+                engine,
+            });
+        }
+        if balance.strategy == BalanceStrategy::LeastLoaded
+            && nodes.iter().all(|n| n.engine.is_none())
+        {
+            self.err(
+                "balance.strategy",
+                "least-loaded needs telemetry: give at least one node an `engine`",
+            );
+        }
+        Config {
+            server,
+            listener,
+            upstream,
+            websocket,
+            sticky,
+            balance,
+            health,
+            shutdown,
+            admin,
+            module,
+            telemetry,
+            nodes,
+            version: version_of(text),
+        }
+    }
+}
+
+fn host_of(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.ip().to_string(),
+        SocketAddr::V6(v) => format!("[{}]", v.ip()),
+    }
+}
+
+fn trim_bytes(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// RFC 6265 cookie-name: an HTTP token.
+pub fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A short, stable identifier of a configuration text (FNV-1a 64, hex).
+fn version_of(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+        [listener]
+        address = "127.0.0.1:18000"
+        [[nodes]]
+        id = "qps1"
+        address = "127.0.0.1:19100"
+    "#;
+
+    fn parse(s: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(s, Path::new("."))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.listener.address, "127.0.0.1:18000".parse().unwrap());
+        assert_eq!(c.websocket.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.sticky.session_idle_timeout, Duration::from_secs(35 * 60));
+        assert_eq!(c.sticky.route_cookie, "QLB_ROUTE");
+        assert_eq!(c.sticky.session_cookies, vec!["X-Qlik-Session".to_string()]);
+        assert_eq!(
+            c.sticky.session_cookie_prefixes,
+            vec!["X-Qlik-Session-".to_string()]
+        );
+        assert_eq!(c.balance.strategy, BalanceStrategy::RoundRobin);
+        assert!(c.admin.is_none() && c.module.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let e = parse(
+            r#"
+            [listener]
+            address = "nope"
+            [[nodes]]
+            id = "a"
+            address = "127.0.0.1:1"
+            [[nodes]]
+            id = "a"
+            address = "127.0.0.1:2"
+            [[nodes]]
+            id = "c"
+            address = "10.0.0.1:99999"
+            "#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("listener.address: invalid socket address \"nope\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("nodes[1].id: duplicate node id \"a\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("nodes[2].address: invalid socket address \"10.0.0.1:99999\""),
+            "{text}"
+        );
+        assert_eq!(e.0.len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let e = parse(&format!("{MIN}\n[sticky]\nroute_cokie = \"x\"\n")).unwrap_err();
+        assert_eq!(e.0[0].path, "sticky.route_cokie");
+        assert!(
+            e.0[0].message.contains("unknown field `route_cokie`"),
+            "{e}"
+        );
+        let e = parse(&MIN.replace("id = \"qps1\"", "id = \"qps1\"\nwieght = 3")).unwrap_err();
+        assert_eq!(e.0[0].path, "nodes[0].wieght");
+    }
+
+    #[test]
+    fn bad_values_and_syntax() {
+        let e = parse(&format!("{MIN}\n[websocket]\nidle_timeout = \"forever\"\n")).unwrap_err();
+        assert_eq!(e.0[0].path, "websocket.idle_timeout");
+        let e = parse("[listener\naddress = 1").unwrap_err();
+        assert!(!e.0[0].message.is_empty());
+        let e = parse(&format!("{MIN}\n[sticky]\nroute_key = \"short\"\n")).unwrap_err();
+        assert_eq!(e.0[0].path, "sticky.route_key");
+        let e = parse(&format!("{MIN}\n[balance]\nstrategy = \"random\"\n")).unwrap_err();
+        assert_eq!(e.0[0].path, "balance.strategy");
+        let e = parse(&format!("{MIN}\n[admin]\naddress = \"0.0.0.0:18001\"\n")).unwrap_err();
+        assert_eq!(e.0[0].path, "admin.token");
+        let e = parse("[listener]\naddress = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "nodes");
+    }
+
+    #[test]
+    fn engine_same_host() {
+        let c =
+            parse(&MIN.replace("id = \"qps1\"", "id = \"qps1\"\nengine = \"same-host\"")).unwrap();
+        assert_eq!(
+            c.nodes[0].engine.as_deref(),
+            Some("https://127.0.0.1:4747/engine/healthcheck")
+        );
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::from_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+}

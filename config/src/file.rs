@@ -1,0 +1,271 @@
+//! Serde types of the TOML file. Every optional key has its default here; the README's
+//! configuration reference documents each one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written the humantime way: `"500ms"`, `"10s"`, `"35m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (e.g. \"10s\", \"35m\")"
+            ))
+        })
+    }
+}
+
+fn secs(s: u64) -> Dur {
+    Dur(Duration::from_secs(s))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    pub listener: ListenerFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub websocket: WebSocketFile,
+    #[serde(default)]
+    pub sticky: StickyFile,
+    #[serde(default)]
+    pub balance: BalanceFile,
+    #[serde(default)]
+    pub health: HealthFile,
+    #[serde(default)]
+    pub shutdown: ShutdownFile,
+    pub admin: Option<AdminFile>,
+    pub module: Option<ModuleFile>,
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
+    #[serde(default)]
+    pub nodes: Vec<NodeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub worker_threads: usize,
+    pub access_log: bool,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            worker_threads: 0,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocolMode {
+    /// No PROXY protocol header expected.
+    #[default]
+    Off,
+    /// Version 1 (text) or 2 (binary) header required on every connection.
+    Required,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub address: String,
+    #[serde(default = "d_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    #[serde(default = "d_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolMode,
+}
+
+fn d_header_read_timeout() -> Dur {
+    secs(10)
+}
+fn d_max_header_bytes() -> usize {
+    65_536
+}
+fn d_max_connections() -> usize {
+    20_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    pub connect_timeout: Dur,
+    pub response_timeout: Dur,
+    pub pool_idle_timeout: Dur,
+    pub pool_max_idle_per_node: usize,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        UpstreamFile {
+            connect_timeout: secs(3),
+            response_timeout: secs(60),
+            pool_idle_timeout: secs(90),
+            pool_max_idle_per_node: 256,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketFile {
+    pub idle_timeout: Dur,
+}
+
+impl Default for WebSocketFile {
+    fn default() -> Self {
+        WebSocketFile {
+            idle_timeout: secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StickyFile {
+    pub session_cookies: Vec<String>,
+    pub session_cookie_prefixes: Vec<String>,
+    pub session_idle_timeout: Dur,
+    pub max_sessions: usize,
+    pub route_cookie: String,
+    pub route_key: Option<String>,
+    pub route_key_file: Option<String>,
+}
+
+impl Default for StickyFile {
+    fn default() -> Self {
+        StickyFile {
+            session_cookies: vec!["X-Qlik-Session".into()],
+            session_cookie_prefixes: vec!["X-Qlik-Session-".into()],
+            session_idle_timeout: secs(35 * 60),
+            max_sessions: 1_000_000,
+            route_cookie: "QLB_ROUTE".into(),
+            route_key: None,
+            route_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceStrategy {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    LeastLoaded,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceFile {
+    pub strategy: BalanceStrategy,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthFile {
+    pub passive_fail_timeout: Dur,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            passive_fail_timeout: secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownFile {
+    pub drain_timeout: Dur,
+}
+
+impl Default for ShutdownFile {
+    fn default() -> Self {
+        ShutdownFile {
+            drain_timeout: secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: String,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleFile {
+    pub address: String,
+    #[serde(default = "d_base_path")]
+    pub base_path: String,
+    #[serde(default = "d_body_limit")]
+    pub body_limit: usize,
+}
+
+fn d_base_path() -> String {
+    "/".into()
+}
+fn d_body_limit() -> usize {
+    65_536
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryFile {
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub headers: BTreeMap<String, String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+impl Default for TelemetryFile {
+    fn default() -> Self {
+        TelemetryFile {
+            interval: secs(5),
+            timeout: secs(2),
+            headers: BTreeMap::from([(
+                "X-Qlik-User".to_string(),
+                "UserDirectory=INTERNAL; UserId=sa_api".to_string(),
+            )]),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            insecure_skip_verify: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: String,
+    pub address: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub engine: Option<String>,
+}
