@@ -1,1 +1,9 @@
-//! lb-bench
+//! lb-bench: a Qlik Sense node simulator, a load generator with Qlik-like scenarios, and the
+//! peer comparison harness for `lb`.
+//!
+//! - [`sim`]: simulated QPS nodes (session cookies, engine health check, WebSocket echo).
+//! - [`client`]: a small keep-alive HTTP/1.1 and WebSocket client with a cookie jar.
+//! - [`report`]: latency summaries, stickiness accounting and the JSON result.
+//! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
+
+pub mod sim;
