@@ -1,1 +1,85 @@
-fn main() {}
+//! `rank()` for 2, 8 and 64 engines, and a whole prioritize call through the router.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use axum::body::Body;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::Request;
+use http_body_util::BodyExt;
+use lb_module_api::{
+    rank, router, EngineSample, EngineView, RankPolicy, RouterOptions, StaticEngineSource,
+};
+use tower::ServiceExt;
+
+const APP: &str = "0b2a3c4d-1111-2222-3333-444455556666";
+
+fn sample(i: usize) -> EngineSample {
+    let docs: Vec<String> = (0..20)
+        .map(|d| format!("{:08x}-1111-2222-3333-{:012x}", i * 31 + d, d))
+        .chain(matches!(i % 3, 0).then(|| APP.to_owned()))
+        .collect();
+    EngineSample {
+        version: "12.612.0".into(),
+        mem_free: 4000.0 + (i * 977 % 28000) as f64,
+        mem_total_physical: Some(32768.0),
+        cpu_total: (i * 37 % 95) as f64,
+        sessions_active: (i * 13 % 120) as u64,
+        in_memory_docs: Some(docs.clone()),
+        loaded_docs: docs,
+        saturated: None,
+        ..EngineSample::default()
+    }
+}
+
+fn views(n: usize) -> Vec<EngineView> {
+    (0..n)
+        .map(|i| EngineView::fresh(Arc::new(sample(i))))
+        .collect()
+}
+
+fn bench_rank(c: &mut Criterion) {
+    let policy = RankPolicy::default();
+    let mut group = c.benchmark_group("rank");
+    for n in [2usize, 8, 64] {
+        let v = views(n);
+        let mut rotation = 0usize;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &v, |b, v| {
+            b.iter(|| {
+                rotation = rotation.wrapping_add(1);
+                black_box(rank(black_box(v), Some(APP), &policy, rotation))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_prioritize(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut source = StaticEngineSource::new(RankPolicy::default());
+    let mut engines = Vec::new();
+    for (i, v) in views(8).into_iter().enumerate() {
+        let host = format!("node{i}.example.com");
+        engines.push(format!("wss://{host}:4747"));
+        source.insert(&host, 4747, v);
+    }
+    let app = router(Arc::new(source), "/", RouterOptions::default());
+    let body = serde_json::json!({"AppName": APP, "QlikSenseEngines": engines}).to_string();
+    c.bench_function("prioritize_router_oneshot/8", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = Request::post("/loadbalancing/prioritize")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.clone()))
+                    .unwrap();
+                let resp = app.clone().oneshot(req).await.unwrap();
+                black_box(resp.into_body().collect().await.unwrap().to_bytes())
+            })
+        })
+    });
+}
+
+criterion_group!(benches, bench_rank, bench_prioritize);
+criterion_main!(benches);
