@@ -6,4 +6,7 @@
 //! - [`report`]: latency summaries, stickiness accounting and the JSON result.
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
 
+pub mod client;
+pub mod report;
+pub mod scenario;
 pub mod sim;

@@ -1,0 +1,466 @@
+//! `lb-bench`: Qlik node simulator, load scenarios and the `lb` demo.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use lb_bench::report::Report;
+use lb_bench::scenario::{self, Scenario, ScenarioOpts};
+use lb_bench::sim::{SimCluster, SimOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "lb-bench",
+    version,
+    about = "Qlik node simulator, load generator and demo for lb"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run simulated Qlik Sense nodes until Ctrl-C.
+    Sim {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Port of the first node; the others follow (0 = ephemeral ports).
+        #[arg(long, default_value_t = 19100)]
+        base_port: u16,
+        /// Session cookie name.
+        #[arg(long, default_value = "X-Qlik-Session")]
+        cookie_name: String,
+        /// Node name prefix (nodes are <prefix>1, <prefix>2, ...).
+        #[arg(long, default_value = "node")]
+        name_prefix: String,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// The product demo: 3 simulated nodes, the balancer as a child process, the qlik scenario.
+    Demo {
+        /// The balancer executable (default: `lb` next to this executable).
+        #[arg(long)]
+        lb_bin: Option<PathBuf>,
+        /// The balancer configuration.
+        #[arg(long, default_value = "deploy/examples/local.toml")]
+        config: PathBuf,
+        /// Concurrent users.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// How long users keep going.
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+        /// Address the balancer serves on (from the config).
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: SocketAddr,
+        /// Load generator worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Write the result as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Mixed Qlik user journeys: login, hub/qmc requests, an app WebSocket with an echo burst.
+    Qlik {
+        #[command(flatten)]
+        common: Common,
+        /// Users.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Users running a journey at the same time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP requests after the login in each journey.
+        #[arg(long, default_value_t = 5)]
+        requests_per_user: usize,
+        /// Echo messages in each journey.
+        #[arg(long, default_value_t = 10)]
+        messages_per_user: usize,
+        /// Size of the binary echo messages.
+        #[arg(long, default_value_t = 256)]
+        message_size: usize,
+        /// Journeys per user (0 = repeat until the time is up).
+        #[arg(long, default_value_t = 0)]
+        journeys: u64,
+    },
+    /// Keep-alive users with sticky sessions.
+    Http {
+        #[command(flatten)]
+        common: Common,
+        /// Connections (one user each).
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Request path.
+        #[arg(long, default_value = "/hub")]
+        path: String,
+    },
+    /// Every request without cookies: a new session each time.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Request path.
+        #[arg(long, default_value = "/hub")]
+        path: String,
+    },
+    /// WebSockets exchanging messages, round-trip latency.
+    WsEcho {
+        #[command(flatten)]
+        common: Common,
+        /// WebSockets.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        message_size: usize,
+    },
+    /// Many idle WebSockets held for --duration-secs, then verified; balancer memory per tunnel.
+    WsIdle {
+        #[command(flatten)]
+        common: Common,
+        /// WebSockets.
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+        /// Sockets opened at the same time.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Balancer process id (reads /proc/<pid>/status VmRSS).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Target URL (http only), optionally with a virtual proxy prefix.
+    #[arg(long, default_value = "http://127.0.0.1:18000")]
+    url: String,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Time bound in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Count bound: total requests (http, churn) or messages (ws-echo).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Load generator worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Timeout of one request, upgrade or round trip, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Common {
+    fn opts(&self) -> ScenarioOpts {
+        ScenarioOpts {
+            url: self.url.clone(),
+            allow_remote: self.allow_remote,
+            duration: Duration::from_secs_f64(self.duration_secs.max(0.0)),
+            max_count: self.count,
+            threads: self.threads.max(1),
+            timeout: Duration::from_millis(self.timeout_ms),
+            ..ScenarioOpts::default()
+        }
+    }
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    Ok(b.enable_all().build()?)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lb-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (scenario, common, opts) = match cli.cmd {
+        Cmd::Sim {
+            nodes,
+            base_port,
+            cookie_name,
+            name_prefix,
+            threads,
+        } => {
+            scenario::raise_nofile();
+            let opts = SimOptions {
+                cookie_name,
+                name_prefix,
+            };
+            runtime(threads)?.block_on(run_sim(nodes, base_port, opts))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Demo {
+            lb_bin,
+            config,
+            users,
+            duration_secs,
+            listen,
+            threads,
+            json,
+        } => {
+            scenario::raise_nofile();
+            let lb_bin = match lb_bin {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("lb"),
+            };
+            let opts = ScenarioOpts {
+                url: format!("http://{listen}"),
+                duration: Duration::from_secs_f64(duration_secs.max(0.0)),
+                connections: users,
+                message_size: 256,
+                threads: threads.max(1),
+                ..ScenarioOpts::default()
+            };
+            return runtime(threads)?.block_on(demo(lb_bin, config, listen, opts, json));
+        }
+        Cmd::Qlik {
+            common,
+            users,
+            concurrency,
+            requests_per_user,
+            messages_per_user,
+            message_size,
+            journeys,
+        } => {
+            let opts = ScenarioOpts {
+                connections: users,
+                concurrency,
+                requests_per_user,
+                messages_per_user,
+                message_size,
+                journeys,
+                ..common.opts()
+            };
+            (Scenario::Qlik, common, opts)
+        }
+        Cmd::Http {
+            common,
+            connections,
+            path,
+        } => {
+            let opts = ScenarioOpts {
+                connections,
+                path,
+                ..common.opts()
+            };
+            (Scenario::Http, common, opts)
+        }
+        Cmd::Churn {
+            common,
+            connections,
+            path,
+        } => {
+            let opts = ScenarioOpts {
+                connections,
+                path,
+                ..common.opts()
+            };
+            (Scenario::Churn, common, opts)
+        }
+        Cmd::WsEcho {
+            common,
+            connections,
+            message_size,
+        } => {
+            let opts = ScenarioOpts {
+                connections,
+                message_size,
+                ..common.opts()
+            };
+            (Scenario::WsEcho, common, opts)
+        }
+        Cmd::WsIdle {
+            common,
+            connections,
+            concurrency,
+            pid,
+        } => {
+            let opts = ScenarioOpts {
+                connections,
+                concurrency,
+                pid,
+                ..common.opts()
+            };
+            (Scenario::WsIdle, common, opts)
+        }
+    };
+    let report = runtime(opts.threads)?.block_on(scenario::run(scenario, &opts))?;
+    finish(&report, common.json.as_deref())?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn finish(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    print!("{}", report.table());
+    if let Some(path) = json {
+        report
+            .write_json(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_sim(nodes: usize, base_port: u16, opts: SimOptions) -> anyhow::Result<()> {
+    let cluster = SimCluster::start(nodes, base_port, opts.clone())
+        .await
+        .context("starting the simulated nodes")?;
+    for n in cluster.nodes() {
+        println!("{} listening on http://{}", n.name(), n.addr());
+    }
+    println!("session cookie {}; Ctrl-C to stop", opts.cookie_name);
+    tokio::signal::ctrl_c().await?;
+    for n in cluster.nodes() {
+        println!("{} {:?}", n.name(), n.stats());
+    }
+    cluster.stop_all().await;
+    Ok(())
+}
+
+/// Sends SIGTERM to the child and waits for it (SIGKILL after 10 s).
+fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn demo(
+    lb_bin: PathBuf,
+    config: PathBuf,
+    listen: SocketAddr,
+    opts: ScenarioOpts,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if !lb_bin.exists() {
+        bail!(
+            "balancer executable {} not found (build it with `cargo build -p lb`, or pass --lb-bin)",
+            lb_bin.display()
+        );
+    }
+    if !config.exists() {
+        bail!(
+            "configuration {} not found (pass --config)",
+            config.display()
+        );
+    }
+    let cluster = SimCluster::start(3, 19100, SimOptions::default())
+        .await
+        .context("starting simulated nodes on 127.0.0.1:19100-19102")?;
+    for n in cluster.nodes() {
+        println!("simulated {} on {}", n.name(), n.addr());
+    }
+    if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+        bail!("{listen} is already in use: stop whatever listens there first");
+    }
+    println!(
+        "starting {} run --config {}",
+        lb_bin.display(),
+        config.display()
+    );
+    let mut child = Command::new(&lb_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .with_context(|| format!("starting {}", lb_bin.display()))?;
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the balancer exited before serving on {listen}: {status}");
+        }
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            stop_child(&mut child);
+            bail!("the balancer did not accept connections on {listen} within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "balancer up on {listen}; running the qlik scenario with {} users for {:.0} s",
+        opts.connections,
+        opts.duration.as_secs_f64()
+    );
+    let result = scenario::run(Scenario::Qlik, &opts).await;
+    stop_child(&mut child);
+    let report = result?;
+    finish(&report, json.as_deref())?;
+    println!("simulated nodes:");
+    for n in cluster.nodes() {
+        let s = n.stats();
+        println!(
+            "  {:<6} requests {:>7}  sessions {:>5}  401s {:>3}  websockets {:>5}",
+            n.name(),
+            s.requests,
+            s.sessions_issued,
+            s.foreign_rejections,
+            s.ws_accepted
+        );
+    }
+    cluster.stop_all().await;
+    let ok = report.violations == 0
+        && report.errors == 0
+        && report.users_served == opts.connections as u64;
+    println!(
+        "demo {}: {} of {} users served, {} errors, {} stickiness violations",
+        if ok { "PASSED" } else { "FAILED" },
+        report.users_served,
+        opts.connections,
+        report.errors,
+        report.violations
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
