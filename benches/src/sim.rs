@@ -828,7 +828,10 @@ fn upgrade(
         };
         shared2.ws_open.fetch_add(1, Ordering::Relaxed);
         let _guard = OpenGuard(&shared2.ws_open);
+        // A small read buffer keeps thousands of idle sockets cheap; messages still grow to
+        // MAX_WS_MESSAGE.
         let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
             .max_message_size(Some(MAX_WS_MESSAGE))
             .max_frame_size(Some(MAX_WS_MESSAGE));
         let ws =
