@@ -1,0 +1,542 @@
+//! Lints of the deployment files under `deploy/`.
+//!
+//! - `deploy/systemd/lb.service` passes `systemd-analyze verify` (with the `lb` binary path
+//!   pointed at an executable that exists here) and keeps its hardening
+//!   (`systemd-analyze security --offline` exposure at most 2.0);
+//! - `deploy/systemd/lb.sysusers.conf` and `lb.tmpfiles.conf` apply cleanly to a scratch root;
+//! - `deploy/aws/lb.yaml` passes `cfn-lint` with no error, warning or informational finding,
+//!   its user data is valid bash that fits EC2's 16 KB limit, and the unit it writes has the
+//!   same directives as `deploy/systemd/lb.service`.
+//!
+//! Tools needed (Debian/Ubuntu): `apt-get install -y systemd procps` and `pip install cfn-lint`.
+//! A missing tool fails the test with that hint; nothing is skipped silently.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const LB_BIN: &str = "/usr/local/bin/lb";
+const UNIT: &str = "deploy/systemd/lb.service";
+const SYSUSERS: &str = "deploy/systemd/lb.sysusers.conf";
+const TMPFILES: &str = "deploy/systemd/lb.tmpfiles.conf";
+const TEMPLATE: &str = "deploy/aws/lb.yaml";
+/// EC2 refuses user data above 16 KB (before base64).
+const USER_DATA_LIMIT: usize = 16 * 1024;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lb-deploy-lint-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a tool, failing the test with an install hint when it is not on PATH.
+fn run(cmd: &mut Command, install_hint: &str) -> Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{program}` not found on PATH; install it with: {install_hint}")
+        }
+        Err(e) => panic!("run `{program}`: {e}"),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn first_existing(candidates: &[&str]) -> Option<String> {
+    candidates
+        .iter()
+        .find(|p| Path::new(p).is_file())
+        .map(|p| (*p).to_string())
+}
+
+/// The directive lines of a unit: no comments, no blank lines, trimmed.
+fn directives(unit: &str) -> Vec<String> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The unit with every command that runs the `lb` binary pointed at an executable that
+/// exists on this machine (`systemd-analyze verify` checks that each Exec*= program exists).
+fn unit_for_verify(unit: &str) -> String {
+    let stand_in = first_existing(&["/bin/true", "/usr/bin/true"]).expect("no `true` binary");
+    let kill_exists = Path::new("/bin/kill").is_file();
+    let mut out = String::new();
+    for line in unit.lines() {
+        let rewritten = match line.split_once('=') {
+            Some((key, value)) if key.starts_with("Exec") => {
+                if let Some(rest) = value.strip_prefix(LB_BIN) {
+                    format!("{key}={stand_in}{rest}")
+                } else if !kill_exists && value.starts_with("/bin/kill ") {
+                    // procps is missing here; production hosts have /bin/kill.
+                    format!("{key}={stand_in}{}", &value["/bin/kill".len()..])
+                } else {
+                    line.to_string()
+                }
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&rewritten);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn unit_has_the_required_directives() {
+    let unit = directives(&read(UNIT));
+    let required = [
+        "Type=notify",
+        "ExecStartPre=/usr/local/bin/lb check --config /etc/lb/lb.toml",
+        "ExecStart=/usr/local/bin/lb run --config /etc/lb/lb.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "LimitNOFILE=1048576",
+        "User=lb",
+        "Group=lb",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ReadOnlyPaths=/etc/lb",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+        "LockPersonality=yes",
+        "WantedBy=multi-user.target",
+    ];
+    for directive in required {
+        assert!(
+            unit.iter().any(|l| l == directive),
+            "{UNIT} lacks `{directive}`"
+        );
+    }
+    // The stop timeout must leave lb's drain room to finish (default drain deadline 30 s).
+    let stop = unit
+        .iter()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec= is set");
+    let stop: u64 = stop.parse().expect("TimeoutStopSec in plain seconds");
+    assert!(
+        stop > 30,
+        "TimeoutStopSec={stop} is not above the drain deadline"
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_passes() {
+    let unit = read(UNIT);
+    let rewritten = unit_for_verify(&unit);
+    assert!(
+        directives(&rewritten).iter().all(|l| !l.contains(LB_BIN)),
+        "every {LB_BIN} command was rewritten"
+    );
+    let dir = TempDir::new("verify");
+    let path = dir.path().join("lb.service");
+    fs::write(&path, rewritten).expect("write unit copy");
+
+    let out = run(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .env("SYSTEMD_LOG_COLOR", "0")
+            .env("SYSTEMD_PAGER", ""),
+        "apt-get install -y systemd procps",
+    );
+    let all = text(&out);
+    let about_unit: Vec<&str> = all.lines().filter(|l| l.contains("lb.service")).collect();
+    assert!(
+        out.status.success() && about_unit.is_empty(),
+        "systemd-analyze verify {UNIT} ({}):\n{all}",
+        out.status
+    );
+}
+
+#[test]
+fn systemd_analyze_security_exposure_is_low() {
+    let dir = TempDir::new("security");
+    let path = dir.path().join("lb.service");
+    fs::write(&path, unit_for_verify(&read(UNIT))).expect("write unit copy");
+    // Exposure is reported from 0.0 to 10.0; the threshold is in tenths.
+    let out = run(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+            .arg(&path)
+            .env("SYSTEMD_LOG_COLOR", "0"),
+        "apt-get install -y systemd",
+    );
+    assert!(
+        out.status.success(),
+        "exposure of {UNIT} above 2.0 ({}):\n{}",
+        out.status,
+        text(&out)
+    );
+}
+
+#[test]
+fn sysusers_and_tmpfiles_apply_to_a_scratch_root() {
+    let root = TempDir::new("root");
+    let etc = root.path().join("etc");
+    fs::create_dir_all(&etc).expect("mkdir etc");
+    // Minimal account databases so that only our entries are created.
+    fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+    fs::write(etc.join("shadow"), "root:*:1::::::\n").unwrap();
+    fs::write(etc.join("gshadow"), "root:*::\n").unwrap();
+
+    let sysusers = repo_root().join(SYSUSERS);
+    let out = run(
+        Command::new("systemd-sysusers")
+            .arg(format!("--root={}", root.path().display()))
+            .arg("--replace=/usr/lib/sysusers.d/lb.conf")
+            .arg(&sysusers),
+        "apt-get install -y systemd",
+    );
+    assert!(out.status.success(), "systemd-sysusers: {}", text(&out));
+    let passwd = fs::read_to_string(etc.join("passwd")).unwrap();
+    let group = fs::read_to_string(etc.join("group")).unwrap();
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("lb:"))
+        .unwrap_or_else(|| panic!("no lb user in:\n{passwd}"));
+    assert!(
+        user.ends_with(":/usr/sbin/nologin"),
+        "lb has no login shell: {user}"
+    );
+    assert!(group.lines().any(|l| l.starts_with("lb:")), "no lb group");
+
+    // A secret with a too-open mode, to see tmpfiles tighten it.
+    fs::create_dir_all(etc.join("lb/tls")).unwrap();
+    fs::write(etc.join("lb/route.key"), "k").unwrap();
+    fs::write(etc.join("lb/tls/key.pem"), "k").unwrap();
+
+    let tmpfiles = repo_root().join(TMPFILES);
+    let out = run(
+        Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.path().display()))
+            .arg("--create")
+            .arg(&tmpfiles),
+        "apt-get install -y systemd",
+    );
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.trim().is_empty(),
+        "systemd-tmpfiles --create ({}):\n{all}",
+        out.status
+    );
+    // Modes and group ownership, read back through `stat` to stay within std on any Unix.
+    let out = run(
+        Command::new("stat")
+            .args(["-c", "%n %a %G"])
+            .arg(etc.join("lb"))
+            .arg(etc.join("lb/tls"))
+            .arg(etc.join("lb/qlik"))
+            .arg(etc.join("lb/route.key"))
+            .arg(etc.join("lb/tls/key.pem")),
+        "apt-get install -y coreutils",
+    );
+    let stat = String::from_utf8_lossy(&out.stdout).into_owned();
+    let modes: Vec<(String, String)> = stat
+        .lines()
+        .map(|l| {
+            let mut parts = l.rsplitn(3, ' ');
+            let grp = parts.next().unwrap_or_default().to_string();
+            let mode = parts.next().unwrap_or_default().to_string();
+            (mode, grp)
+        })
+        .collect();
+    let expected = ["750", "750", "750", "640", "640"];
+    assert_eq!(modes.len(), expected.len(), "stat output:\n{stat}");
+    for ((mode, _), want) in modes.iter().zip(expected) {
+        assert_eq!(mode, want, "stat output:\n{stat}");
+    }
+    // The group name resolves through the host's database, not the scratch root's: check the
+    // id instead.
+    let gid = group
+        .lines()
+        .find(|l| l.starts_with("lb:"))
+        .and_then(|l| l.split(':').nth(2))
+        .unwrap()
+        .to_string();
+    let out = run(
+        Command::new("stat")
+            .args(["-c", "%g"])
+            .arg(etc.join("lb/route.key")),
+        "apt-get install -y coreutils",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), gid);
+}
+
+#[test]
+fn cfn_lint_passes_without_findings() {
+    let out = run(
+        Command::new("cfn-lint")
+            .arg("--format")
+            .arg("parseable")
+            .arg("--include-checks")
+            .arg("I")
+            .arg("--")
+            .arg(TEMPLATE)
+            .current_dir(repo_root()),
+        "pip install cfn-lint",
+    );
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.trim().is_empty(),
+        "cfn-lint {TEMPLATE} ({}):\n{all}",
+        out.status
+    );
+}
+
+/// The user data script of the launch template, dedented, with `${...}` substitutions of
+/// `Fn::Sub` replaced by placeholders (and `${!x}` turned into the literal `${x}`).
+fn user_data_script(template: &str) -> String {
+    user_data_script_with(template, &|name| {
+        format!("PLACEHOLDER_{}", name.replace("::", "_").replace('.', "_"))
+    })
+}
+
+/// Like [`user_data_script`], with `value(name)` for each `${name}`.
+fn user_data_script_with(template: &str, value: &dyn Fn(&str) -> String) -> String {
+    let start_marker = "Fn::Base64: !Sub\n";
+    let start = template
+        .find(start_marker)
+        .expect("UserData uses Fn::Base64 !Sub")
+        + start_marker.len();
+    let rest = &template[start..];
+    let mut lines = rest.lines();
+    let first = lines.next().expect("a line after !Sub");
+    assert_eq!(first.trim(), "- |", "user data is a literal block");
+    let mut body = Vec::new();
+    let mut indent = None;
+    for line in lines {
+        if line.trim().is_empty() {
+            body.push(String::new());
+            continue;
+        }
+        let this_indent = line.len() - line.trim_start().len();
+        let block_indent = *indent.get_or_insert(this_indent);
+        if this_indent < block_indent {
+            break;
+        }
+        body.push(line[block_indent..].to_string());
+    }
+    let script = body.join("\n");
+
+    let mut out = String::with_capacity(script.len());
+    let mut rest = script.as_str();
+    while let Some(pos) = rest.find("${") {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let end = after.find('}').expect("closed ${...}");
+        let name = &after[..end];
+        if let Some(literal) = name.strip_prefix('!') {
+            out.push_str("${");
+            out.push_str(literal);
+            out.push('}');
+        } else {
+            out.push_str(&value(name));
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn user_data_is_valid_bash_within_the_size_limit() {
+    let script = user_data_script(&read(TEMPLATE));
+    assert!(
+        script.starts_with("#!/bin/bash\n"),
+        "user data starts with a shebang"
+    );
+    assert!(
+        script.len() < USER_DATA_LIMIT,
+        "user data is {} bytes, EC2 takes at most {USER_DATA_LIMIT}",
+        script.len()
+    );
+    let dir = TempDir::new("userdata");
+    let path = dir.path().join("user-data.sh");
+    fs::write(&path, &script).unwrap();
+    let out = run(
+        Command::new("bash").arg("-n").arg(&path),
+        "apt-get install -y bash",
+    );
+    assert!(out.status.success(), "bash -n user data:\n{}", text(&out));
+}
+
+#[test]
+fn template_installs_the_same_unit() {
+    let script = user_data_script(&read(TEMPLATE));
+    let start_marker = "cat > /etc/systemd/system/lb.service <<'UNIT'\n";
+    let start = script
+        .find(start_marker)
+        .expect("user data writes lb.service")
+        + start_marker.len();
+    let end = script[start..].find("\nUNIT\n").expect("unit heredoc ends") + start;
+    let embedded = directives(&script[start..end]);
+    let file = directives(&read(UNIT));
+    assert_eq!(
+        embedded, file,
+        "the unit in {TEMPLATE} differs from {UNIT}; copy the directives over"
+    );
+}
+
+/// Runs the part of the user data that writes `/etc/lb/lb.toml`, with `/etc/lb` moved into a
+/// scratch directory, and checks the result with the same parser `lb check` uses.
+fn generated_config(params: &[(&str, &str)], with_client_cert: bool) -> (String, TempDir) {
+    let template = read(TEMPLATE);
+    let script = user_data_script_with(&template, &|name| {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_string())
+            .unwrap_or_else(|| format!("PLACEHOLDER_{name}"))
+    });
+    let start = script
+        .find("# --- /etc/lb/lb.toml")
+        .expect("user data writes lb.toml");
+    let end_marker = "} > /etc/lb/lb.toml\n";
+    let end = script[start..]
+        .find(end_marker)
+        .expect("lb.toml block ends")
+        + start
+        + end_marker.len();
+
+    let dir = TempDir::new("config");
+    let etc = dir.path().join("etc-lb");
+    fs::create_dir_all(etc.join("qlik")).unwrap();
+    fs::write(etc.join("route.key"), "0123456789abcdef0123456789abcdef").unwrap();
+    fs::write(
+        etc.join("admin.token"),
+        "00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    if with_client_cert {
+        fs::write(etc.join("qlik/client.pem"), "pem").unwrap();
+    }
+    let block = script[start..end].replace("/etc/lb", &etc.display().to_string());
+    let path = dir.path().join("gen.sh");
+    fs::write(&path, block).unwrap();
+    let out = run(
+        Command::new("bash")
+            .arg("-eu")
+            .arg(&path)
+            .env("ZONE", "eu-west-1a"),
+        "apt-get install -y bash",
+    );
+    assert!(
+        out.status.success(),
+        "config generation failed:\n{}",
+        text(&out)
+    );
+    let toml = fs::read_to_string(etc.join("lb.toml")).expect("lb.toml written");
+    if let Err(e) = lb_config::Config::from_toml(&toml, &etc) {
+        panic!("generated lb.toml is refused:\n{e}\n--- lb.toml ---\n{toml}");
+    }
+    (toml, dir)
+}
+
+#[test]
+fn template_writes_a_valid_config() {
+    // Behind the NLB, admin open to a CIDR, named nodes with zones, engine telemetry.
+    let (toml, _dir) = generated_config(
+        &[
+            ("AWS::StackName", "qlik-lb"),
+            ("AdminCidr", "10.0.0.0/16"),
+            ("EnableNlb", "true"),
+            ("NodeAddresses", "10.0.1.10,10.0.2.10:443"),
+            ("QlikNodeNames", "qlik1.corp.example,qlik2.corp.example"),
+            ("QlikNodeZones", "eu-west-1a,eu-west-1b"),
+        ],
+        true,
+    );
+    for expected in [
+        "proxy_protocol = \"required\"",
+        "address = \"0.0.0.0:18001\"",
+        "zone = \"eu-west-1a\"",
+        "id = \"qlik1-corp-example\"",
+        "address = \"10.0.1.10:443\"",
+        "zone = \"eu-west-1b\"",
+        "engine = \"https://qlik2.corp.example:4747/engine/healthcheck\"",
+        "strategy = \"least-loaded\"",
+    ] {
+        assert!(
+            toml.contains(expected),
+            "lb.toml lacks `{expected}`:\n{toml}"
+        );
+    }
+
+    // One instance on its own: no PROXY protocol, admin on loopback, anonymous nodes.
+    let (toml, _dir) = generated_config(
+        &[
+            ("AWS::StackName", "qlik-lb"),
+            ("AdminCidr", ""),
+            ("EnableNlb", "false"),
+            ("NodeAddresses", "10.0.1.10"),
+            ("QlikNodeNames", ""),
+            ("QlikNodeZones", ""),
+        ],
+        false,
+    );
+    for expected in [
+        "proxy_protocol = \"off\"",
+        "address = \"127.0.0.1:18001\"",
+        "id = \"qps1\"",
+        "strategy = \"least-connections\"",
+    ] {
+        assert!(
+            toml.contains(expected),
+            "lb.toml lacks `{expected}`:\n{toml}"
+        );
+    }
+    assert!(
+        !toml.contains("engine ="),
+        "no telemetry without a client certificate"
+    );
+}
