@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::*;
 
@@ -78,6 +78,45 @@ impl Server {
         }
     }
 
+    /// The same server behind TLS that requires a client certificate signed by the test CA.
+    async fn start_tls(behaviour: Behaviour) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls_config());
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let last_head = Arc::new(Mutex::new(String::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (b, h, l, c) = (
+            behaviour.clone(),
+            hits.clone(),
+            last_head.clone(),
+            conns.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, b, h, l) = (acceptor.clone(), b.clone(), h.clone(), l.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve(tls, b, h, l).await;
+                    }
+                });
+            }
+        });
+        Server {
+            addr,
+            behaviour,
+            hits,
+            last_head,
+            conns,
+            task,
+        }
+    }
+
     fn set(&self, behaviour: Behaviour) {
         *self.behaviour.lock().unwrap() = behaviour;
     }
@@ -99,8 +138,8 @@ impl Drop for Server {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     behaviour: Arc<Mutex<Behaviour>>,
     hits: Arc<AtomicUsize>,
     last_head: Arc<Mutex<String>>,
@@ -146,6 +185,38 @@ async fn serve(
             return;
         }
     }
+}
+
+fn testdata(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/telemetry/testdata")
+        .join(name)
+}
+
+fn server_tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(testdata("ca.pem")).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs = vec![CertificateDer::from_pem_file(testdata("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(testdata("server_key.pem")).unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
 }
 
 fn settings(interval_ms: u64, timeout_ms: u64) -> PollerSettings {
@@ -532,6 +603,56 @@ async fn invalid_settings_are_refused() {
         t.set_targets(vec![], settings(0, 10)),
         Err(TelemetryError::ZeroDuration("interval"))
     ));
+    t.shutdown();
+}
+
+#[tokio::test]
+async fn https_with_client_certificate() {
+    let server = Server::start_tls(Behaviour::Json(CURRENT.into())).await;
+    let url: Uri = format!(
+        "https://localhost:{}/engine/healthcheck",
+        server.addr.port()
+    )
+    .parse()
+    .unwrap();
+    let files = |ca: Option<&str>, client: bool, insecure: bool| TlsClientFiles {
+        ca_file: ca.map(testdata),
+        cert_file: client.then(|| testdata("client.pem")),
+        key_file: client.then(|| testdata("client_key.pem")),
+        insecure_skip_verify: insecure,
+    };
+    let run = |tls: TlsClientFiles| PollerSettings {
+        tls,
+        ..settings(20, 1000)
+    };
+    let t = Telemetry::new();
+    let target = || vec![EngineTarget::new("n", url.clone())];
+
+    t.set_targets(target(), run(files(Some("ca.pem"), true, false)))
+        .unwrap();
+    let s = wait_for(&t, "n", "fresh over mTLS", is_fresh).await;
+    assert_eq!(s.sample.unwrap().cpu_total, 12.0);
+
+    // No client certificate: the server refuses the session.
+    t.set_targets(target(), run(files(Some("ca.pem"), false, false)))
+        .unwrap();
+    wait_for(&t, "n", "unreachable without client cert", |s| {
+        matches!(s.state, TelemetryState::Unreachable { .. })
+    })
+    .await;
+
+    // A CA that did not sign the server's certificate: our side refuses.
+    t.set_targets(target(), run(files(Some("client.pem"), true, false)))
+        .unwrap();
+    wait_for(&t, "n", "unreachable with the wrong CA", |s| {
+        unreachable_with(s, "TLS handshake")
+    })
+    .await;
+
+    // insecure_skip_verify needs no CA, and still presents the client certificate.
+    t.set_targets(target(), run(files(None, true, true)))
+        .unwrap();
+    wait_for(&t, "n", "fresh without verification", is_fresh).await;
     t.shutdown();
 }
 
