@@ -1,1 +1,79 @@
-//! End-to-end tests live in tests/.
+//! Shared harness of the end-to-end tests: a balancer in-process over real sockets on
+//! 127.0.0.1, in front of simulated Qlik nodes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use lb::Server;
+use lb_bench::client::{CookieJar, HttpConn, HttpResponse, Target};
+use lb_config::Config;
+
+pub use lb_bench::client;
+pub use lb_bench::sim::{SimCluster, SimOptions};
+
+/// A configuration with the proxy on an ephemeral port, the given nodes (ids qps1, qps2, ...)
+/// and `extra` TOML appended (sections other than `[listener]` and `[[nodes]]`).
+pub fn config_text(nodes: &[SocketAddr], extra: &str) -> String {
+    let mut s = String::from("[listener]\naddress = \"127.0.0.1:0\"\n");
+    s.push_str(extra);
+    s.push('\n');
+    for (i, a) in nodes.iter().enumerate() {
+        s.push_str(&format!(
+            "[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    s
+}
+
+pub fn config(nodes: &[SocketAddr], extra: &str) -> Config {
+    Config::from_toml(&config_text(nodes, extra), Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
+/// Starts a balancer in front of `nodes`.
+pub async fn start_lb(nodes: &[SocketAddr], extra: &str) -> Server {
+    Server::start(config(nodes, extra))
+        .await
+        .expect("balancer starts")
+}
+
+pub fn target(addr: SocketAddr) -> Target {
+    Target::parse(&format!("http://{addr}"), false).expect("loopback target")
+}
+
+/// A browser-like user: one keep-alive connection and a cookie jar.
+pub struct User {
+    pub target: Target,
+    pub conn: HttpConn,
+    pub jar: CookieJar,
+}
+
+impl User {
+    pub async fn new(addr: SocketAddr) -> User {
+        let target = target(addr);
+        let conn = HttpConn::connect(&target)
+            .await
+            .expect("connect to balancer");
+        User {
+            target,
+            conn,
+            jar: CookieJar::default(),
+        }
+    }
+
+    /// GET `path` with the jar's cookies, storing what the response sets. Reconnects if the
+    /// balancer closed the connection.
+    pub async fn get(&mut self, path: &str) -> HttpResponse {
+        if self.conn.is_closed() {
+            self.conn = HttpConn::connect(&self.target).await.expect("reconnect");
+        }
+        let r = self
+            .conn
+            .get(path, Some(&self.jar))
+            .await
+            .expect("request answered");
+        self.jar.store_all(&r.headers);
+        r
+    }
+}

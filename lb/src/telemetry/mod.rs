@@ -395,17 +395,16 @@ impl Telemetry {
                 }
             };
             let mut add = |h: &str, p: u16| {
-                let entry = registry.by_host.entry(h.to_lowercase()).or_default();
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                let h = h.strip_suffix('.').unwrap_or(h).to_lowercase();
+                let entry = registry.by_host.entry(h).or_default();
                 if !entry.iter().any(|(port, _)| *port == p) {
                     entry.push((p, slot.clone()));
                 }
             };
             add(&host, port);
             for (alias_host, alias_port) in &t.aliases {
-                add(
-                    alias_host.trim_start_matches('[').trim_end_matches(']'),
-                    *alias_port,
-                );
+                add(alias_host, *alias_port);
             }
             registry.by_id.insert(t.id.clone(), slot);
         }

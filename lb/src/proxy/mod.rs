@@ -1,0 +1,402 @@
+//! Forwarding a request to its node: pick the node (sticky first), rewrite headers, stream both
+//! bodies, learn Qlik session cookies from the answer, and splice an upgraded WebSocket.
+
+pub mod error;
+pub mod headers;
+pub mod tunnel;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::clock;
+use crate::runtime::{NodeRt, Runtime, UpBody};
+use crate::server::Shared;
+use crate::sticky::{cookie, route, Decision};
+pub use error::ProxyError;
+
+/// Response body to the client: the node's, streamed, or a short one of ours.
+pub type RespBody = Either<Incoming, Full<Bytes>>;
+
+/// What a connection knows about its client, computed once per connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub peer_ip: HeaderValue,
+    pub tls: bool,
+}
+
+static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Where a request's pins point.
+struct Pins {
+    /// Position of the node a learned session names, and that session's value.
+    learned: Option<(Option<usize>, Bytes)>,
+    /// The route cookie's value, if present.
+    route: Option<Bytes>,
+}
+
+fn read_pins(rt: &Runtime, shared: &Shared, headers: &http::HeaderMap) -> Pins {
+    let mut pins = Pins {
+        learned: None,
+        route: None,
+    };
+    for v in headers.get_all(header::COOKIE) {
+        for (name, value) in cookie::pairs(v.as_bytes()) {
+            if *name == *rt.route_cookie {
+                if pins.route.is_none() {
+                    pins.route = Some(Bytes::copy_from_slice(value));
+                }
+            } else if pins.learned.is_none() && !value.is_empty() && rt.session_names.matches(name)
+            {
+                if let Some(idx) = shared.sticky.lookup(value) {
+                    pins.learned = Some((rt.pos_of_idx(idx), Bytes::copy_from_slice(value)));
+                }
+            }
+        }
+    }
+    pins
+}
+
+/// Removes the route cookie from the `Cookie` headers (the node never sees it).
+fn strip_route_cookie(rt: &Runtime, headers: &mut http::HeaderMap) {
+    let mut kept: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        for (name, value) in cookie::pairs(v.as_bytes()) {
+            if *name == *rt.route_cookie {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(name);
+            kept.push(b'=');
+            kept.extend_from_slice(value);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Serves one request of a client connection.
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let (resp, node, decision) = match forward(&shared, &rt, &conn, req).await {
+        Ok((resp, pos, decision)) => (resp, Some(pos), Some(decision)),
+        Err(e) => {
+            let pos = e.node;
+            (e.error.response(), pos, e.decision)
+        }
+    };
+    let status = resp.status();
+    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+    let elapsed = start.elapsed();
+    match node {
+        Some(pos) => {
+            let n = &rt.nodes[pos];
+            n.m.requests[class].increment(1);
+            n.m.duration.record(elapsed.as_secs_f64());
+            if let Some(d) = decision {
+                n.m.decisions[d.index()].increment(1);
+            }
+        }
+        None => rt.no_node[class].increment(1),
+    }
+    if rt.config.server.access_log {
+        tracing::info!(
+            target: "lb::access",
+            client = %conn.peer,
+            method = %method,
+            path = uri.path(),
+            status = status.as_u16(),
+            node = node.map_or("-", |p| &rt.nodes[p].id),
+            sticky = decision.map_or("-", Decision::as_str),
+            ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+    Ok(resp)
+}
+
+/// A failed forward, with what was known when it failed.
+pub struct Failed {
+    pub error: ProxyError,
+    pub node: Option<usize>,
+    pub decision: Option<Decision>,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Failed {
+            error,
+            node: None,
+            decision: None,
+        }
+    }
+}
+
+/// Decrements a node's in-flight count however the request ends.
+struct InFlight<'a>(&'a NodeRt);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a NodeRt) -> Self {
+        n.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<(Response<RespBody>, usize, Decision), Failed> {
+    if head_size(&req) > rt.config.listener.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge.into());
+    }
+    let now = clock::now_ms();
+    let pins = read_pins(rt, shared, req.headers());
+
+    // 1. Learned Qlik session, 2. valid route cookie, 3. a new session.
+    let mut had_pin = false;
+    let mut chosen: Option<(usize, Decision)> = None;
+    if let Some((pos, _)) = &pins.learned {
+        had_pin = true;
+        if let Some(pos) = *pos {
+            if rt.nodes[pos].usable(now) {
+                chosen = Some((pos, Decision::Learned));
+            }
+        }
+    }
+    let mut route_valid_for: Option<usize> = None;
+    if let Some(value) = &pins.route {
+        if let Some(pos) = route::node_id_of(value).and_then(|id| rt.pos_of_id(id)) {
+            if route::matches(&rt.nodes[pos].route_value, value) {
+                route_valid_for = Some(pos);
+                had_pin = true;
+                if chosen.is_none() && rt.nodes[pos].usable(now) {
+                    chosen = Some((pos, Decision::Cookie));
+                }
+            }
+        } else if rt.route_key.verify(value).is_some() {
+            // A valid pin to a node this configuration no longer has.
+            had_pin = true;
+        }
+    }
+    let (mut pos, mut decision) = match chosen {
+        Some(c) => c,
+        None => {
+            let d = if had_pin {
+                Decision::Redispatch
+            } else {
+                Decision::New
+            };
+            match rt.select_new(now, None) {
+                Some(p) => (p, d),
+                None => return Err(ProxyError::NoNode.into()),
+            }
+        }
+    };
+    if decision == Decision::Redispatch {
+        redispatched(shared, rt, pos, &pins);
+    }
+
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if pins.route.is_some() {
+        strip_route_cookie(rt, &mut parts.headers);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::append_list(&mut parts.headers, &headers::X_FORWARDED_FOR, &conn.peer_ip);
+    let proto = if conn.tls { &PROTO_HTTPS } else { &PROTO_HTTP };
+    headers::append_list(&mut parts.headers, &headers::X_FORWARDED_PROTO, proto);
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        headers::append_list(&mut parts.headers, &headers::X_FORWARDED_HOST, &host);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+
+    // A request without a body can be sent again to another node if the first cannot be
+    // reached; keep what is needed for that only then.
+    let retry = body
+        .is_end_stream()
+        .then(|| (parts.method.clone(), parts.headers.clone()));
+    let mut body: Option<UpBody> = Some(Either::Left(body));
+    let timeout = rt.config.upstream.response_timeout;
+    let mut tried = 0usize;
+    let resp = loop {
+        let node = &rt.nodes[pos];
+        let mut p = parts.clone_head();
+        p.uri = Uri::from_parts({
+            let mut u = http::uri::Parts::default();
+            u.scheme = Some(node.scheme.clone());
+            u.authority = Some(node.authority.clone());
+            u.path_and_query = Some(path_and_query.clone());
+            u
+        })
+        .expect("scheme, authority and path make a URI");
+        let b = body.take().unwrap_or(Either::Right(Empty::new()));
+        let upstream_req = Request::from_parts(p, b);
+        let guard = InFlight::new(node);
+        node.state.requests_total.fetch_add(1, Ordering::Relaxed);
+        let res = tokio::time::timeout(timeout, rt.client.request(upstream_req)).await;
+        drop(guard);
+        match res {
+            Ok(Ok(resp)) => {
+                node.state.mark_ok();
+                break resp;
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                node.state.mark_failed(rt.passive_fail_ms);
+                tried += 1;
+                let next = match &retry {
+                    Some((m, h)) if tried < rt.nodes.len() => {
+                        parts.method = m.clone();
+                        parts.headers = h.clone();
+                        rt.select_new(clock::now_ms(), Some(pos))
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(p) => {
+                        tracing::debug!(node = %node.id, "connect failed, redispatching: {e}");
+                        pos = p;
+                        decision = Decision::Redispatch;
+                        redispatched(shared, rt, pos, &pins);
+                        continue;
+                    }
+                    None => {
+                        return Err(Failed {
+                            error: ProxyError::Connect(e.to_string()),
+                            node: Some(pos),
+                            decision: Some(decision),
+                        })
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                node.state.failures_total.fetch_add(1, Ordering::Relaxed);
+                return Err(Failed {
+                    error: ProxyError::Upstream(e.to_string()),
+                    node: Some(pos),
+                    decision: Some(decision),
+                });
+            }
+            Err(_) => {
+                node.state.failures_total.fetch_add(1, Ordering::Relaxed);
+                return Err(Failed {
+                    error: ProxyError::Timeout,
+                    node: Some(pos),
+                    decision: Some(decision),
+                });
+            }
+        }
+    };
+    let node = &rt.nodes[pos];
+    let mut resp = resp;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let node_upgrade = hyper::upgrade::on(&mut resp);
+            crate::server::spawn_tunnel(shared, rt, pos, client_upgrade, node_upgrade);
+        }
+        return Ok((resp.map(Either::Left), pos, decision));
+    }
+
+    headers::strip_hop_by_hop(resp.headers_mut(), false);
+    learn(shared, rt, node, resp.headers(), &pins);
+    let has_valid_route = route_valid_for == Some(pos);
+    if !has_valid_route {
+        let v = if conn.tls {
+            &node.set_cookie_secure
+        } else {
+            &node.set_cookie
+        };
+        resp.headers_mut().append(header::SET_COOKIE, v.clone());
+    }
+    Ok((resp.map(Either::Left), pos, decision))
+}
+
+/// Size of a request head as sent on the wire (request line, headers, line ends).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// A pinned request went to another node: count it and move the learned pin.
+fn redispatched(shared: &Shared, rt: &Runtime, pos: usize, pins: &Pins) {
+    let n = &rt.nodes[pos];
+    n.state.redispatches_total.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, value)) = &pins.learned {
+        shared.sticky.learn(value, n.state.idx);
+    }
+}
+
+/// Records the Qlik session cookies a node sets, and forgets the ones it removes.
+fn learn(shared: &Shared, rt: &Runtime, node: &NodeRt, headers: &http::HeaderMap, pins: &Pins) {
+    for v in headers.get_all(header::SET_COOKIE) {
+        let Some(c) = cookie::parse_set_cookie(v.as_bytes()) else {
+            continue;
+        };
+        if !rt.session_names.matches(c.name) {
+            continue;
+        }
+        if c.removes {
+            if let Some((_, value)) = &pins.learned {
+                shared.sticky.forget(value);
+            }
+        } else {
+            shared.sticky.learn(c.value, node.state.idx);
+            shared.learned_total.increment(1);
+        }
+    }
+}
+
+/// `http::request::Parts` cannot be cloned; this copies what a retry needs.
+trait CloneHead {
+    fn clone_head(&mut self) -> http::request::Parts;
+}
+
+impl CloneHead for http::request::Parts {
+    fn clone_head(&mut self) -> http::request::Parts {
+        let (mut p, _) = Request::new(()).into_parts();
+        p.method = self.method.clone();
+        p.version = self.version;
+        p.headers = std::mem::take(&mut self.headers);
+        p
+    }
+}

@@ -1,0 +1,366 @@
+//! Splicing an upgraded connection (a WebSocket) between the client and its node.
+//!
+//! Qlik app WebSockets live for hours and are idle most of the time, so an idle tunnel must
+//! cost little: on plain TCP on both sides the splice waits for readiness with no buffer and
+//! borrows one only while bytes flow. Each direction runs until its reader ends, then
+//! half-closes its writer; the tunnel ends when both are done, when nothing moved for the idle
+//! timeout, or when it is told to close (shutdown, or its node removed past the drain deadline).
+//! On such a close, a WebSocket close frame with code 1001 ("going away") is sent to the client
+//! when the node-to-client stream is at a frame boundary.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+
+const BUF: usize = 16 * 1024;
+/// Close frame from a server: FIN + opcode 8, unmasked, 2-byte payload 1001.
+const CLOSE_GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// One side closed and the other followed, or an I/O error.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// Closed by the balancer (shutdown or node removal).
+    Closing,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle => "idle_timeout",
+            End::Closing => "closed_by_balancer",
+        }
+    }
+}
+
+/// Bytes moved by a tunnel.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub to_node: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+/// Splices the two upgraded connections until the tunnel ends.
+pub async fn splice(
+    client: Upgraded,
+    node: Upgraded,
+    idle: Duration,
+    close: &CancellationToken,
+    counts: &Counts,
+) -> End {
+    let client = client.downcast::<TokioIo<TcpStream>>();
+    let node = node.downcast::<TokioIo<TcpStream>>();
+    match (client, node) {
+        (Ok(c), Ok(n)) => {
+            splice_tcp(
+                c.io.into_inner(),
+                c.read_buf,
+                n.io.into_inner(),
+                n.read_buf,
+                idle,
+                close,
+                counts,
+            )
+            .await
+        }
+        (c, n) => splice_generic(boxed(c), boxed(n), idle, close, counts).await,
+    }
+}
+
+/// Any upgraded stream, for the generic path.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+fn boxed(side: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> Box<dyn Io> {
+    match side {
+        Ok(p) => Box::new(Prefixed {
+            pre: p.read_buf,
+            io: p.io.into_inner(),
+        }),
+        Err(u) => Box::new(TokioIo::new(u)),
+    }
+}
+
+async fn splice_tcp(
+    client: TcpStream,
+    client_pre: Bytes,
+    node: TcpStream,
+    node_pre: Bytes,
+    idle: Duration,
+    close: &CancellationToken,
+    counts: &Counts,
+) -> End {
+    let last = AtomicU64::new(clock::now_ms());
+    let stop = close.child_token();
+    let (cr, cw) = client.into_split();
+    let (nr, nw) = node.into_split();
+    let up = pump(cr, nw, client_pre, &last, &counts.to_node, &stop, false);
+    let down = pump(nr, cw, node_pre, &last, &counts.to_client, &stop, true);
+    let both = async { tokio::join!(up, down) };
+    tokio::pin!(both);
+    let end = tokio::select! {
+        _ = &mut both => return End::Closed,
+        _ = idle_watch(&last, idle) => End::Idle,
+        _ = close.cancelled() => End::Closing,
+    };
+    // Let the pumps write their close frame, for a bounded time.
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), &mut both).await;
+    end
+}
+
+/// Copies `r` to `w` until `r` ends, then half-closes `w`. Borrows a buffer only while data
+/// is flowing. When `stop` fires, the node-to-client direction (`to_client`) sends a WebSocket
+/// close frame (1001) if the stream is at a frame boundary, and both directions end.
+async fn pump(
+    r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+    pre: Bytes,
+    last: &AtomicU64,
+    count: &AtomicU64,
+    stop: &CancellationToken,
+    to_client: bool,
+) -> io::Result<()> {
+    let mut frames = FrameTracker::default();
+    if !pre.is_empty() {
+        frames.feed(&pre);
+        w.write_all(&pre).await?;
+        count.fetch_add(pre.len() as u64, Ordering::Relaxed);
+    }
+    loop {
+        tokio::select! {
+            r = r.readable() => r?,
+            _ = stop.cancelled() => {
+                if to_client && frames.at_boundary() {
+                    let _ = w.write_all(&CLOSE_GOING_AWAY).await;
+                }
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+        }
+        let mut buf = Vec::with_capacity(BUF);
+        loop {
+            buf.clear();
+            match r.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    last.store(clock::now_ms(), Ordering::Relaxed);
+                    if to_client {
+                        frames.feed(&buf[..n]);
+                    }
+                    w.write_all(&buf[..n]).await?;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn idle_watch(last: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let deadline = last.load(Ordering::Relaxed) + idle_ms;
+        let now = clock::now_ms();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+    }
+}
+
+/// Follows the frame boundaries of one direction of a WebSocket byte stream (RFC 6455 §5.2),
+/// so that the balancer knows when it may insert a frame of its own.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    /// Header bytes of the frame being read, while incomplete.
+    head: [u8; 14],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// The stream no longer looks like WebSocket frames.
+    lost: bool,
+}
+
+impl FrameTracker {
+    pub fn at_boundary(&self) -> bool {
+        !self.lost && self.head_len == 0 && self.remaining == 0
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost {
+            if self.remaining > 0 {
+                let n = (self.remaining.min(data.len() as u64)) as usize;
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.head[self.head_len] = data[0];
+            self.head_len += 1;
+            data = &data[1..];
+            if let Some(total) = header_len(&self.head[..self.head_len]) {
+                if self.head_len == total {
+                    self.remaining = payload_len(&self.head[..total]);
+                    self.head_len = 0;
+                }
+            }
+            if self.head_len >= self.head.len() {
+                self.lost = true;
+            }
+        }
+    }
+}
+
+/// Length of a frame header given its first bytes, once known.
+fn header_len(h: &[u8]) -> Option<usize> {
+    if h.len() < 2 {
+        return None;
+    }
+    let masked = h[1] & 0x80 != 0;
+    let ext = match h[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    Some(2 + ext + if masked { 4 } else { 0 })
+}
+
+fn payload_len(h: &[u8]) -> u64 {
+    match h[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+        n => u64::from(n),
+    }
+}
+
+/// The generic path (TLS on either side): a copy with small buffers and the same idle and
+/// close handling, without the frame tracking.
+async fn splice_generic(
+    client: Box<dyn Io>,
+    node: Box<dyn Io>,
+    idle: Duration,
+    close: &CancellationToken,
+    counts: &Counts,
+) -> End {
+    let last = AtomicU64::new(clock::now_ms());
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut nr, mut nw) = tokio::io::split(node);
+    let up = copy(&mut cr, &mut nw, &last, &counts.to_node);
+    let down = copy(&mut nr, &mut cw, &last, &counts.to_client);
+    let both = async { tokio::join!(up, down) };
+    tokio::select! {
+        _ = both => End::Closed,
+        _ = idle_watch(&last, idle) => End::Idle,
+        _ = close.cancelled() => End::Closing,
+    }
+}
+
+async fn copy<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, count: &AtomicU64) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        last.store(clock::now_ms(), Ordering::Relaxed);
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A stream with bytes already read from it to replay first.
+struct Prefixed<T> {
+    pre: Bytes,
+    io: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            bytes::Buf::advance(&mut self.pre, n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_tracker_follows_boundaries() {
+        let mut f = FrameTracker::default();
+        assert!(f.at_boundary());
+        // Unmasked text frame "hi".
+        f.feed(&[0x81, 0x02]);
+        assert!(!f.at_boundary());
+        f.feed(b"h");
+        assert!(!f.at_boundary());
+        f.feed(b"i");
+        assert!(f.at_boundary());
+        // 300-byte binary frame with a 16-bit length, split across feeds.
+        f.feed(&[0x82, 126]);
+        f.feed(&[0x01]);
+        assert!(!f.at_boundary());
+        f.feed(&[0x2c]);
+        f.feed(&vec![0u8; 299]);
+        assert!(!f.at_boundary());
+        f.feed(&[0u8; 1]);
+        assert!(f.at_boundary());
+        // Masked frame (client style) with 4 mask bytes.
+        let mut frame = vec![0x81, 0x83, 1, 2, 3, 4];
+        frame.extend_from_slice(b"abc");
+        frame.extend_from_slice(&[0x89, 0x00]);
+        f.feed(&frame);
+        assert!(f.at_boundary());
+    }
+}

@@ -1,0 +1,263 @@
+//! The runtime snapshot: everything compiled from one configuration, swapped whole on reload.
+//!
+//! A request loads the current snapshot once and keeps it to the end; old snapshots live until
+//! their last request or tunnel drops them. Node state that must survive a reload lives in the
+//! [`NodeRegistry`], keyed by node id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use lb_config::{BalanceStrategy, Config};
+use metrics::{Counter, Histogram};
+
+use crate::clock;
+use crate::sticky::{Decision, RouteKey, SessionCookieNames};
+use crate::upstream::{
+    Cand, LeastConnections, LeastLoaded, LoadRanking, NodeRegistry, NodeState, RoundRobin, Selector,
+};
+
+/// Request body sent to a node: the client's, or empty on a retry.
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
+/// The pooled client to the nodes. The connector is the seam for HTTPS upstreams.
+pub type UpstreamClient = Client<HttpConnector, UpBody>;
+
+/// Status classes used as a metric label.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One node as this snapshot sees it.
+#[derive(Debug)]
+pub struct NodeRt {
+    pub id: Arc<str>,
+    pub state: Arc<NodeState>,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub zone: Option<String>,
+    /// The node is in the balancer's own zone (or no zone preference is set).
+    pub local: bool,
+    /// Removed from the configuration: serves its pinned sessions until this clock time (ms).
+    pub retiring_until_ms: Option<u64>,
+    /// The route cookie value that pins to this node.
+    pub route_value: Box<[u8]>,
+    pub set_cookie: HeaderValue,
+    pub set_cookie_secure: HeaderValue,
+    pub engine: Option<String>,
+    pub m: NodeMetrics,
+}
+
+/// Metric handles of one node, prepared with the snapshot.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+    pub decisions: [Counter; 4],
+}
+
+impl NodeMetrics {
+    fn new(id: &str) -> NodeMetrics {
+        let node = id.to_string();
+        NodeMetrics {
+            requests: CLASSES.map(|c| {
+                metrics::counter!("lb_requests_total", "node" => node.clone(), "class" => c)
+            }),
+            duration: metrics::histogram!("lb_request_duration_seconds", "node" => node.clone()),
+            decisions: Decision::ALL.map(|d| {
+                metrics::counter!("lb_sticky_decisions_total", "node" => node.clone(), "decision" => d.as_str())
+            }),
+        }
+    }
+}
+
+impl NodeRt {
+    /// Can this node serve a request now?
+    pub fn usable(&self, now_ms: u64) -> bool {
+        self.retiring_until_ms.is_none_or(|t| now_ms < t) && self.state.usable(now_ms)
+    }
+
+    pub fn accepts_new(&self, now_ms: u64) -> bool {
+        self.retiring_until_ms.is_none() && self.state.accepts_new(now_ms)
+    }
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub nodes: Vec<NodeRt>,
+    by_id: HashMap<Arc<str>, usize>,
+    by_idx: HashMap<u32, usize>,
+    pub selector: Box<dyn Selector>,
+    pub session_names: SessionCookieNames,
+    pub route_key: RouteKey,
+    pub route_cookie: Box<[u8]>,
+    pub client: UpstreamClient,
+    pub passive_fail_ms: u64,
+    /// Requests answered without a node (503 and the like).
+    pub no_node: [Counter; 5],
+}
+
+impl Runtime {
+    /// Compiles a checked configuration. `prev` is the snapshot being replaced: its nodes that
+    /// are not in `config` keep serving their pinned sessions until the drain deadline.
+    pub fn build(
+        config: Config,
+        prev: Option<&Runtime>,
+        registry: &NodeRegistry,
+        route_key: RouteKey,
+        ranking: Option<Arc<dyn LoadRanking>>,
+    ) -> Runtime {
+        let now = clock::now_ms();
+        let own_zone = config.balance.zone.clone();
+        let route_name = config.sticky.route_cookie.clone();
+        let mut nodes = Vec::with_capacity(config.nodes.len());
+        let make = |id: &str,
+                    addr: std::net::SocketAddr,
+                    zone: Option<String>,
+                    engine: Option<String>,
+                    retiring: Option<u64>| {
+            let state = registry.get_or_create(id);
+            let value = route_key.value_for(id);
+            let cookie = format!("{route_name}={value}; Path=/; HttpOnly; SameSite=Lax");
+            let local = match (&own_zone, &zone) {
+                (Some(own), Some(z)) => own == z,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            NodeRt {
+                id: state.id.clone(),
+                state,
+                scheme: Scheme::HTTP,
+                authority: Authority::try_from(addr.to_string().as_str())
+                    .expect("a socket address is a valid authority"),
+                zone,
+                local,
+                retiring_until_ms: retiring,
+                route_value: value.into_bytes().into(),
+                set_cookie: HeaderValue::from_str(&cookie).expect("checked cookie name and value"),
+                set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
+                    .expect("checked cookie name and value"),
+                engine,
+                m: NodeMetrics::new(id),
+            }
+        };
+        for n in &config.nodes {
+            nodes.push(make(
+                &n.id,
+                n.address,
+                n.zone.clone(),
+                n.engine.clone(),
+                None,
+            ));
+        }
+        if let Some(prev) = prev {
+            let drain = config.shutdown.drain_timeout.as_millis() as u64;
+            for old in &prev.nodes {
+                if config.node(&old.id).is_some() {
+                    continue;
+                }
+                let until = old.retiring_until_ms.unwrap_or(now + drain);
+                if until <= now {
+                    continue;
+                }
+                let addr = old
+                    .authority
+                    .as_str()
+                    .parse()
+                    .expect("authority made from a socket address");
+                nodes.push(make(
+                    &old.id,
+                    addr,
+                    old.zone.clone(),
+                    old.engine.clone(),
+                    Some(until),
+                ));
+            }
+        }
+        let by_id = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        let by_idx = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.state.idx, i))
+            .collect();
+        let selector: Box<dyn Selector> = match (config.balance.strategy, ranking) {
+            (BalanceStrategy::RoundRobin, _) => Box::new(RoundRobin::default()),
+            (BalanceStrategy::LeastConnections, _) => Box::new(LeastConnections::default()),
+            (BalanceStrategy::LeastLoaded, Some(r)) => Box::new(LeastLoaded::new(r)),
+            (BalanceStrategy::LeastLoaded, None) => Box::new(RoundRobin::default()),
+        };
+        let client = build_client(&config);
+        Runtime {
+            session_names: SessionCookieNames::new(
+                &config.sticky.session_cookies,
+                &config.sticky.session_cookie_prefixes,
+            ),
+            route_cookie: config.sticky.route_cookie.as_bytes().into(),
+            route_key,
+            passive_fail_ms: config.health.passive_fail_timeout.as_millis() as u64,
+            no_node: CLASSES
+                .map(|c| metrics::counter!("lb_requests_total", "node" => "", "class" => c)),
+            config: Arc::new(config),
+            nodes,
+            by_id,
+            by_idx,
+            selector,
+            client,
+        }
+    }
+
+    pub fn pos_of_id(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn pos_of_idx(&self, idx: u32) -> Option<usize> {
+        self.by_idx.get(&idx).copied()
+    }
+
+    /// Chooses a node for a new session, skipping `exclude`. Nodes are taken from the best
+    /// tier available: local zone before other zones, unsaturated engines before saturated.
+    pub fn select_new(&self, now_ms: u64, exclude: Option<usize>) -> Option<usize> {
+        let tier = |n: &NodeRt| -> u8 { (!n.local as u8) + 2 * (n.state.saturated() as u8) };
+        let best = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| Some(i) != exclude && n.accepts_new(now_ms))
+            .map(|(_, n)| tier(n))
+            .min()?;
+        let mut pos = Vec::with_capacity(self.nodes.len());
+        let mut cands = Vec::with_capacity(self.nodes.len());
+        for (i, n) in self.nodes.iter().enumerate() {
+            if Some(i) != exclude && n.accepts_new(now_ms) && tier(n) == best {
+                pos.push(i);
+                cands.push(Cand {
+                    id: &n.id,
+                    load: n.state.load(),
+                });
+            }
+        }
+        self.selector.pick(&cands).map(|c| pos[c])
+    }
+}
+
+fn build_client(config: &Config) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.upstream.connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.upstream.pool_idle_timeout)
+        .pool_max_idle_per_host(config.upstream.pool_max_idle_per_node)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(http)
+}
