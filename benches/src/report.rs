@@ -330,7 +330,9 @@ impl Report {
         }
         if self.ws_opened > 0 {
             row(&mut s, "ws opened", self.ws_opened.to_string());
-            row(&mut s, "ws open at end", self.ws_open_at_end.to_string());
+            if self.scenario == "ws-idle" {
+                row(&mut s, "ws open at end", self.ws_open_at_end.to_string());
+            }
         }
         row(&mut s, "users served", self.users_served.to_string());
         row(&mut s, "errors", self.errors.to_string());
@@ -378,6 +380,32 @@ impl Report {
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vmrss(&s)
+}
+
+/// Resident memory of process `pid` plus its direct children (e.g. nginx's master and its
+/// workers), in KiB.
+pub fn rss_tree_kb(pid: u32) -> Option<u64> {
+    let mut total = rss_kb(pid)?;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            if parent_of_stat(&stat) == Some(pid) {
+                total += rss_kb(child).unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line (the field after the `(comm)` and the state).
+pub fn parent_of_stat(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The `VmRSS` value in KiB of a `/proc/<pid>/status` text.
@@ -474,5 +502,7 @@ mod tests {
         assert_eq!(parse_vmrss(s), Some(5432));
         assert_eq!(parse_vmrss("Name: x\n"), None);
         assert!(rss_kb(std::process::id()).is_some());
+        assert!(rss_tree_kb(std::process::id()).unwrap() >= rss_kb(std::process::id()).unwrap());
+        assert_eq!(parent_of_stat("12 (a b) c) S 7 12 12 0"), Some(7));
     }
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{timed, ws_connect, CookieJar, HttpConn, Target, WsConnect, WsStream};
-use crate::report::{rss_kb, Observation, Recorder, Report, Stickiness};
+use crate::report::{rss_tree_kb, Observation, Recorder, Report, Stickiness};
 
 /// The scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,8 @@ pub struct ScenarioOpts {
     pub messages_per_user: usize,
     /// Journeys per `qlik` user: 0 = repeat until the time is up (at least one).
     pub journeys: u64,
-    /// Balancer process id, to measure its memory per tunnel (`ws-idle`).
+    /// Balancer process id, to measure its memory per tunnel (`ws-idle`); the resident memory
+    /// of its direct children (worker processes) is added.
     pub pid: Option<u32>,
 }
 
@@ -526,7 +527,7 @@ async fn ws_idle(
 ) -> anyhow::Result<Report> {
     raise_nofile();
     let mut extra = Report {
-        rss_before_kb: opts.pid.and_then(rss_kb),
+        rss_before_kb: opts.pid.and_then(rss_tree_kb),
         ..Report::default()
     };
 
@@ -552,7 +553,7 @@ async fn ws_idle(
     if let Some(pid) = opts.pid {
         // Let the balancer settle, then read its memory with every tunnel open.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        extra.rss_open_kb = rss_kb(pid);
+        extra.rss_open_kb = rss_tree_kb(pid);
         if let (Some(b), Some(o)) = (extra.rss_before_kb, extra.rss_open_kb) {
             if !sockets.is_empty() {
                 let per = (o as f64 - b as f64) / sockets.len() as f64;

@@ -65,6 +65,9 @@ enum Cmd {
         /// Write the result as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Let the balancer write to this terminal (by default its output goes to a log file).
+        #[arg(long)]
+        show_lb_output: bool,
     },
     /// Mixed Qlik user journeys: login, hub/qmc requests, an app WebSocket with an echo burst.
     Qlik {
@@ -230,6 +233,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             threads,
             json,
+            show_lb_output,
         } => {
             scenario::raise_nofile();
             let lb_bin = match lb_bin {
@@ -244,7 +248,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: threads.max(1),
                 ..ScenarioOpts::default()
             };
-            return runtime(threads)?.block_on(demo(lb_bin, config, listen, opts, json));
+            let demo_opts = DemoOpts {
+                lb_bin,
+                config,
+                listen,
+                json,
+                show_lb_output,
+            };
+            return runtime(threads)?.block_on(demo(demo_opts, opts));
         }
         Cmd::Qlik {
             common,
@@ -371,13 +382,28 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-async fn demo(
+struct DemoOpts {
     lb_bin: PathBuf,
     config: PathBuf,
     listen: SocketAddr,
-    opts: ScenarioOpts,
     json: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+    show_lb_output: bool,
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
+    let DemoOpts {
+        lb_bin,
+        config,
+        listen,
+        json,
+        show_lb_output,
+    } = d;
     if !lb_bin.exists() {
         bail!(
             "balancer executable {} not found (build it with `cargo build -p lb`, or pass --lb-bin)",
@@ -390,31 +416,46 @@ async fn demo(
             config.display()
         );
     }
+    if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+        bail!("{listen} is already in use: stop whatever listens there first");
+    }
     let cluster = SimCluster::start(3, 19100, SimOptions::default())
         .await
         .context("starting simulated nodes on 127.0.0.1:19100-19102")?;
     for n in cluster.nodes() {
         println!("simulated {} on {}", n.name(), n.addr());
     }
-    if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
-        bail!("{listen} is already in use: stop whatever listens there first");
+    let log_path = std::env::temp_dir().join(format!("lb-demo-{}.log", std::process::id()));
+    let mut cmd = Command::new(&lb_bin);
+    cmd.arg("run").arg("--config").arg(&config);
+    if !show_lb_output {
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        println!(
+            "starting {} run --config {} (output in {})",
+            lb_bin.display(),
+            config.display(),
+            log_path.display()
+        );
+    } else {
+        println!(
+            "starting {} run --config {}",
+            lb_bin.display(),
+            config.display()
+        );
     }
-    println!(
-        "starting {} run --config {}",
-        lb_bin.display(),
-        config.display()
-    );
-    let mut child = Command::new(&lb_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", lb_bin.display()))?;
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the balancer exited before serving on {listen}: {status}");
+            bail!(
+                "the balancer exited before serving on {listen}: {status}\n{}",
+                log_tail(&log_path)
+            );
         }
         if tokio::net::TcpStream::connect(listen).await.is_ok() {
             break;
