@@ -48,6 +48,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub telemetry: TelemetryFile,
     #[serde(default)]
+    pub ranking: lb_module_api::RankPolicy,
+    #[serde(default)]
     pub nodes: Vec<NodeFile>,
 }
 
@@ -180,12 +182,28 @@ pub struct BalanceFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthFile {
+    pub enabled: bool,
+    pub path: String,
+    pub expect_status: String,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub rise: u32,
+    pub fall: u32,
+    pub slow_start: Dur,
     pub passive_fail_timeout: Dur,
 }
 
 impl Default for HealthFile {
     fn default() -> Self {
         HealthFile {
+            enabled: true,
+            path: "/".into(),
+            expect_status: "200-499".into(),
+            interval: secs(5),
+            timeout: secs(2),
+            rise: 2,
+            fall: 3,
+            slow_start: secs(30),
             passive_fail_timeout: secs(10),
         }
     }

@@ -73,6 +73,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub module: Option<Module>,
     pub telemetry: Telemetry,
+    pub ranking: lb_module_api::RankPolicy,
     pub nodes: Vec<Node>,
     /// The file text this was built from, hashed: identifies the config version.
     pub version: String,
@@ -125,6 +126,15 @@ pub struct Balance {
 
 #[derive(Debug, Clone)]
 pub struct Health {
+    pub enabled: bool,
+    pub path: String,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub slow_start: Duration,
     pub passive_fail_timeout: Duration,
 }
 
@@ -395,14 +405,41 @@ impl Validator<'_> {
             strategy: f.balance.strategy,
             zone: f.balance.zone.clone(),
         };
+        let h = &f.health;
         let health = Health {
+            enabled: h.enabled,
+            path: h.path.clone(),
+            expect_status: match parse_status_range(&h.expect_status) {
+                Some(r) => r,
+                None => {
+                    self.err(
+                        "health.expect_status",
+                        format!("{:?} is not a status or a range like \"200-399\"", h.expect_status),
+                    );
+                    (200, 499)
+                }
+            },
+            interval: self.dur("health.interval", &h.interval, Duration::from_millis(10), DAY),
+            timeout: self.dur("health.timeout", &h.timeout, MS, DAY),
+            rise: h.rise,
+            fall: h.fall,
+            slow_start: self.dur("health.slow_start", &h.slow_start, Duration::ZERO, DAY),
             passive_fail_timeout: self.dur(
                 "health.passive_fail_timeout",
-                &f.health.passive_fail_timeout,
+                &h.passive_fail_timeout,
                 MS,
                 DAY,
             ),
         };
+        if !health.path.is_empty() && !health.path.starts_with('/') {
+            self.err("health.path", "must start with '/' (or be empty for a TCP connect check)");
+        }
+        if health.rise == 0 || health.fall == 0 {
+            self.err(if health.rise == 0 { "health.rise" } else { "health.fall" }, "must be at least 1");
+        }
+        if let Err(e) = f.ranking.validate() {
+            self.err("ranking", e);
+        }
         let shutdown = Shutdown {
             drain_timeout: self.dur(
                 "shutdown.drain_timeout",
@@ -550,10 +587,18 @@ impl Validator<'_> {
             admin,
             module,
             telemetry,
+            ranking: f.ranking.clone(),
             nodes,
             version: version_of(text),
         }
     }
+}
+
+/// `"200"` or `"200-399"` as an inclusive range.
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
 }
 
 fn host_of(a: SocketAddr) -> String {

@@ -11,7 +11,9 @@
 //! - [`server`]: listeners, background tasks, graceful shutdown.
 //! - [`telemetry`]: engine health-check polling.
 
+pub mod admin;
 pub mod clock;
+pub mod health;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
@@ -107,13 +109,14 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let server = Server::start(config).await?;
+    let server = Server::start_with_path(config, Some(path.clone())).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", path.display());
                 let _ = server.reload_from(&path);
             }
         }

@@ -1,6 +1,7 @@
 //! The running balancer: shared state, listeners, background tasks and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_config::Config;
 use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -22,11 +24,18 @@ use tokio_util::task::TaskTracker;
 use crate::proxy::{self, tunnel, ConnInfo};
 use crate::runtime::Runtime;
 use crate::sticky::{RouteKey, StickyTable};
-use crate::upstream::NodeRegistry;
+use crate::telemetry::{EngineTarget, PollerSettings, Telemetry, TelemetryState, TlsClientFiles};
+use crate::upstream::{LoadRanking, NodeRegistry};
 
 /// State shared by every connection, surviving reloads.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    pub telemetry: Arc<Telemetry>,
+    pub reload_status: ArcSwap<ReloadStatus>,
+    /// The configuration file, when the balancer was started from one (for reloads).
+    pub config_path: Option<PathBuf>,
+    pub metrics: PrometheusHandle,
+    pub started: std::time::Instant,
     pub registry: NodeRegistry,
     pub sticky: StickyTable,
     pub route_key: RouteKey,
@@ -45,8 +54,74 @@ pub struct Shared {
     m_ws_bytes_to_client: Counter,
 }
 
+/// The outcome of the last configuration load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Version of the configuration in force.
+    pub version: String,
+    pub at_unix_ms: u64,
+    pub ok: bool,
+    /// Why the last attempt was refused (the configuration in force stays).
+    pub error: Option<String>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The ranking of nodes for least-loaded selection, from engine telemetry.
+#[derive(Debug)]
+struct TelemetryRanking(Arc<Telemetry>);
+
+impl LoadRanking for TelemetryRanking {
+    fn rank(&self, ids: &[&str]) -> Option<Vec<usize>> {
+        let fresh = ids.iter().any(|id| {
+            self.0
+                .status(id)
+                .is_some_and(|s| matches!(s.state, TelemetryState::Fresh))
+        });
+        if !fresh {
+            return None;
+        }
+        let policy = self.0.policy();
+        Some(self.0.rank_ids(ids, None, &policy))
+    }
+}
+
+/// The Prometheus recorder of this process (installed once; several servers in one test
+/// process share it).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("duration_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
+                    ],
+                )
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::debug!("a metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}
+
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
+        Shared::with_path(config, None)
+    }
+
+    pub fn with_path(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        let metrics_handle = prometheus();
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
             None => {
@@ -62,9 +137,23 @@ impl Shared {
             config.sticky.max_sessions,
             config.sticky.session_idle_timeout.as_secs() as u32,
         );
-        let rt = Runtime::build(config, None, &registry, route_key.clone(), None);
+        let telemetry = Telemetry::new();
+        telemetry.set_policy(config.ranking.clone());
+        let ranking: Arc<dyn LoadRanking> = Arc::new(TelemetryRanking(telemetry.clone()));
+        let reload_status = ReloadStatus {
+            version: config.version.clone(),
+            at_unix_ms: unix_ms(),
+            ok: true,
+            error: None,
+        };
+        let rt = Runtime::build(config, None, &registry, route_key.clone(), Some(ranking));
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(rt),
+            telemetry,
+            reload_status: ArcSwap::from_pointee(reload_status),
+            config_path,
+            metrics: metrics_handle,
+            started: std::time::Instant::now(),
             registry,
             sticky,
             route_key,
@@ -87,24 +176,82 @@ impl Shared {
 pub struct Server {
     pub shared: Arc<Shared>,
     proxy_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    module_addr: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
 impl Server {
     /// Binds the listeners and starts serving. Returns once every listener is bound.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        Server::start_with_path(config, None).await
+    }
+
+    /// Like [`Server::start`]; `path` is the file that reloads re-read (SIGHUP, admin
+    /// `POST /reload`, and changes of the file itself).
+    pub async fn start_with_path(config: Config, path: Option<PathBuf>) -> anyhow::Result<Server> {
         let proxy_addr = config.listener.address;
-        let shared = Shared::new(config);
+        let admin_cfg = config.admin.clone();
+        let module_cfg = config.module.clone();
+        set_telemetry_targets(&Telemetry::new(), &config).map_err(anyhow::Error::msg)?;
+        let shared = Shared::with_path(config, path.clone());
+        {
+            let cfg = shared.runtime.load().config.clone();
+            set_telemetry_targets(&shared.telemetry, &cfg).map_err(anyhow::Error::msg)?;
+        }
         let listener = bind(proxy_addr)
             .with_context(|| format!("cannot listen on {proxy_addr} (listener.address)"))?;
         let proxy_addr = listener.local_addr()?;
         let tasks = TaskTracker::new();
+
+        let module_addr = match module_cfg {
+            Some(m) => {
+                let l = bind(m.address)
+                    .with_context(|| format!("cannot listen on {} (module.address)", m.address))?;
+                let addr = l.local_addr()?;
+                let router = lb_module_api::router(
+                    shared.telemetry.module_source(),
+                    &m.base_path,
+                    lb_module_api::RouterOptions {
+                        body_limit: m.body_limit,
+                    },
+                );
+                tasks.spawn(serve_axum(l, router, shared.shutdown.clone(), "module"));
+                tracing::info!(%addr, "Qlik load balancing module API ready");
+                Some(addr)
+            }
+            None => None,
+        };
+        let admin_addr = match admin_cfg {
+            Some(a) => {
+                let l = bind(a.address)
+                    .with_context(|| format!("cannot listen on {} (admin.address)", a.address))?;
+                let addr = l.local_addr()?;
+                let reload_shared = shared.clone();
+                let router = crate::admin::router(crate::admin::AdminCtx {
+                    shared: shared.clone(),
+                    reload: Arc::new(move || reload_shared.reload_file()),
+                    metrics: shared.metrics.clone(),
+                    token: a.token.clone(),
+                });
+                tasks.spawn(serve_axum(l, router, shared.shutdown.clone(), "admin"));
+                tracing::info!(%addr, "admin listener ready");
+                Some(addr)
+            }
+            None => None,
+        };
         tasks.spawn(accept_loop(listener, shared.clone()));
         tasks.spawn(sweeper(shared.clone()));
+        tasks.spawn(crate::health::run(shared.clone()));
+        if let Some(p) = path {
+            tasks.spawn(watch_config(shared.clone(), p));
+        }
         tracing::info!(%proxy_addr, "proxy listener ready");
         Ok(Server {
             shared,
             proxy_addr,
+            admin_addr,
+            module_addr,
             tasks,
         })
     }
@@ -113,48 +260,17 @@ impl Server {
         self.proxy_addr
     }
 
-    /// Reads, checks and applies a configuration file; on any error the running one stays.
+    /// Reads, checks and applies the configuration file; on any error the running one stays.
     pub fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
-        match Config::from_file(path) {
-            Ok(c) => self.reload(c),
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::error!("reload refused, the running configuration stays:\n{msg}");
-                metrics::counter!("lb_reloads_total", "result" => "error").increment(1);
-                Err(msg)
-            }
-        }
+        self.shared.reload_from(path)
     }
 
-    /// Applies a checked configuration: compiles a new snapshot and swaps it in. In-flight
-    /// requests and open tunnels keep the snapshot they started with.
-    pub fn reload(&self, config: Config) -> Result<(), String> {
-        let old = self.shared.runtime.load_full();
-        if config.listener.address != old.config.listener.address {
-            let msg = format!(
-                "listener.address: changing {} to {} needs a restart; the running configuration stays",
-                old.config.listener.address, config.listener.address
-            );
-            tracing::error!("reload refused: {msg}");
-            metrics::counter!("lb_reloads_total", "result" => "error").increment(1);
-            return Err(msg);
-        }
-        self.shared.sticky.set_limits(
-            config.sticky.max_sessions,
-            config.sticky.session_idle_timeout.as_secs() as u32,
-        );
-        let version = config.version.clone();
-        let rt = Runtime::build(
-            config,
-            Some(&old),
-            &self.shared.registry,
-            self.shared.route_key.clone(),
-            None,
-        );
-        self.shared.runtime.store(Arc::new(rt));
-        metrics::counter!("lb_reloads_total", "result" => "ok").increment(1);
-        tracing::info!(%version, "configuration reloaded");
-        Ok(())
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn module_addr(&self) -> Option<SocketAddr> {
+        self.module_addr
     }
 
     /// Stops accepting, lets requests in flight finish, keeps tunnels open until the drain
@@ -171,9 +287,133 @@ impl Server {
         let _ = tokio::time::timeout_at(deadline, self.shared.tunnels.wait()).await;
         self.shared.tunnels_close.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.tunnels.wait()).await;
+        self.shared.telemetry.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
         tracing::info!("stopped");
     }
+}
+
+impl Shared {
+    /// Reads, checks and applies a configuration file; on any error the running one stays.
+    pub fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
+        match Config::from_file(path) {
+            Ok(c) => self.reload(c),
+            Err(e) => Err(self.refuse(e.to_string())),
+        }
+    }
+
+    /// Re-reads the file the balancer was started from.
+    pub fn reload_file(&self) -> Result<(), String> {
+        match &self.config_path {
+            Some(p) => self.reload_from(p),
+            None => Err("the balancer was not started from a file".into()),
+        }
+    }
+
+    fn refuse(&self, msg: String) -> String {
+        tracing::error!("reload refused, the running configuration stays:\n{msg}");
+        metrics::counter!("lb_reloads_total", "result" => "error").increment(1);
+        let cur = self.reload_status.load();
+        self.reload_status.store(Arc::new(ReloadStatus {
+            version: cur.version.clone(),
+            at_unix_ms: unix_ms(),
+            ok: false,
+            error: Some(msg.clone()),
+        }));
+        msg
+    }
+
+    /// Applies a checked configuration: compiles a new snapshot and swaps it in. In-flight
+    /// requests and open tunnels keep the snapshot they started with; node state, learned
+    /// sessions and tunnels survive. Listener addresses cannot change without a restart.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let old = self.runtime.load_full();
+        let mut moved = Vec::new();
+        if config.listener.address != old.config.listener.address {
+            moved.push(format!(
+                "listener.address: {} -> {}",
+                old.config.listener.address, config.listener.address
+            ));
+        }
+        let admin = |c: &Config| c.admin.as_ref().map(|a| a.address);
+        if admin(&config) != admin(&old.config) {
+            moved.push(format!("admin.address: {:?} -> {:?}", admin(&old.config), admin(&config)));
+        }
+        let module = |c: &Config| c.module.as_ref().map(|m| m.address);
+        if module(&config) != module(&old.config) {
+            moved.push(format!("module.address: {:?} -> {:?}", module(&old.config), module(&config)));
+        }
+        if !moved.is_empty() {
+            return Err(self.refuse(format!(
+                "{}: a listener address change needs a restart",
+                moved.join("; ")
+            )));
+        }
+        if config.sticky.route_key.is_some()
+            && config.sticky.route_key != old.config.sticky.route_key
+        {
+            tracing::warn!("sticky.route_key changed: it applies after a restart");
+        }
+        if let Err(e) = set_telemetry_targets(&self.telemetry, &config) {
+            return Err(self.refuse(e));
+        }
+        self.telemetry.set_policy(config.ranking.clone());
+        self.sticky.set_limits(
+            config.sticky.max_sessions,
+            config.sticky.session_idle_timeout.as_secs() as u32,
+        );
+        let version = config.version.clone();
+        let ranking: Arc<dyn LoadRanking> = Arc::new(TelemetryRanking(self.telemetry.clone()));
+        let rt = Runtime::build(config, Some(&old), &self.registry, self.route_key.clone(), Some(ranking));
+        self.runtime.store(Arc::new(rt));
+        self.reload_status.store(Arc::new(ReloadStatus {
+            version: version.clone(),
+            at_unix_ms: unix_ms(),
+            ok: true,
+            error: None,
+        }));
+        metrics::counter!("lb_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(%version, "configuration reloaded");
+        Ok(())
+    }
+}
+
+/// Engine telemetry targets from the nodes that name an engine.
+fn set_telemetry_targets(telemetry: &Arc<Telemetry>, config: &Config) -> Result<(), String> {
+    let mut targets = Vec::new();
+    for (i, n) in config.nodes.iter().enumerate() {
+        let Some(url) = &n.engine else { continue };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("nodes[{i}].engine: invalid URL {url:?}: {e}"))?;
+        let mut t = EngineTarget::new(n.id.clone(), uri);
+        for (k, v) in &config.telemetry.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
+            let value = HeaderValue::from_str(v).map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
+            t.headers.insert(name, value);
+        }
+        // The QPS names engines by host and the engine port: the node's own address is an
+        // alias when no other node shares its IP.
+        if config.nodes.iter().filter(|o| o.address.ip() == n.address.ip()).count() == 1 {
+            t.aliases.push((n.address.ip().to_string(), 4747));
+        }
+        targets.push(t);
+    }
+    let t = &config.telemetry;
+    let settings = PollerSettings {
+        interval: t.interval,
+        timeout: t.timeout,
+        tls: TlsClientFiles {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            insecure_skip_verify: t.insecure_skip_verify,
+        },
+    };
+    telemetry
+        .set_targets(targets, settings)
+        .map_err(|e| format!("telemetry: {e}"))
 }
 
 /// A listening socket with address reuse and a deep accept backlog.
@@ -317,6 +557,69 @@ pub fn spawn_tunnel(
     });
 }
 
+async fn serve_axum(l: TcpListener, router: axum::Router, stop: CancellationToken, what: &'static str) {
+    let r = axum::serve(l, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::error!("{what} listener failed: {e}");
+    }
+}
+
+/// Reloads when the configuration file changes. The folder is watched, not the file, since
+/// editors and deploy tools replace files by rename; events are debounced.
+async fn watch_config(shared: Arc<Shared>, path: PathBuf) {
+    use notify_debouncer_full::notify::RecursiveMode;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let file_name = path.file_name().map(|f| f.to_os_string());
+    let debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            if let Ok(events) = res {
+                let hit = events.iter().any(|e| {
+                    e.paths
+                        .iter()
+                        .any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+                });
+                if hit {
+                    let _ = tx.send(());
+                }
+            }
+        },
+    );
+    let mut debouncer = match debouncer {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("cannot watch {}: {e}; reload with SIGHUP or the admin API", dir.display());
+            return;
+        }
+    };
+    if let Err(e) = debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!("cannot watch {}: {e}; reload with SIGHUP or the admin API", dir.display());
+        return;
+    }
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            ev = rx.recv() => if ev.is_none() { return },
+        }
+        // Only a change of content reloads (a touch or a rename of the same text does not).
+        let now = std::fs::read(&path).ok();
+        if now.is_some() && now != last {
+            last = now;
+            tracing::info!("{} changed: reloading", path.display());
+            let _ = shared.reload_from(&path);
+        }
+    }
+}
+
 /// Expires idle learned sessions and keeps the table within its bound.
 async fn sweeper(shared: Arc<Shared>) {
     let size = metrics::gauge!("lb_sticky_sessions");
@@ -337,5 +640,28 @@ async fn sweeper(shared: Arc<Shared>) {
             evictions.increment(evicted);
         }
         size.set(shared.sticky.len() as f64);
+        sync_saturation(&shared);
+        shared.metrics.run_upkeep();
+    }
+}
+
+/// Copies engine saturation from telemetry into node state (the selection gate).
+fn sync_saturation(shared: &Shared) {
+    let rt = shared.runtime.load();
+    let policy = shared.telemetry.policy();
+    for n in &rt.nodes {
+        if n.engine.is_none() {
+            continue;
+        }
+        let saturated = shared.telemetry.status(&n.id).is_some_and(|s| {
+            matches!(s.state, TelemetryState::Fresh)
+                && s.sample.as_ref().is_some_and(|sample| {
+                    policy.is_saturated(sample, s.smoothed_cpu.unwrap_or(sample.cpu_total))
+                })
+        });
+        if saturated != n.state.saturated() {
+            tracing::info!(node = %n.id, saturated, "engine saturation changed");
+            n.state.set_saturated(saturated);
+        }
     }
 }

@@ -14,16 +14,32 @@ pub use lb_bench::sim::{SimCluster, SimOptions};
 /// A configuration with the proxy on an ephemeral port, the given nodes (ids qps1, qps2, ...)
 /// and `extra` TOML appended (sections other than `[listener]` and `[[nodes]]`).
 pub fn config_text(nodes: &[SocketAddr], extra: &str) -> String {
+    nodes_text(nodes, extra, false)
+}
+
+/// Like [`config_text`], each node naming its simulated engine's health check.
+pub fn config_text_with_engines(nodes: &[SocketAddr], extra: &str) -> String {
+    nodes_text(nodes, extra, true)
+}
+
+fn nodes_text(nodes: &[SocketAddr], extra: &str, engines: bool) -> String {
     let mut s = String::from("[listener]\naddress = \"127.0.0.1:0\"\n");
     s.push_str(extra);
     s.push('\n');
     for (i, a) in nodes.iter().enumerate() {
-        s.push_str(&format!(
-            "[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\n",
-            i + 1
-        ));
+        s.push_str(&format!("[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\n", i + 1));
+        if engines {
+            s.push_str(&format!("engine = \"http://{a}/engine/healthcheck\"\n"));
+        }
     }
     s
+}
+
+/// Starts a balancer whose nodes name their simulated engines (telemetry on).
+pub async fn start_lb_with_engines(nodes: &[SocketAddr], extra: &str) -> Server {
+    let c = Config::from_toml(&config_text_with_engines(nodes, extra), Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    Server::start(c).await.expect("balancer starts")
 }
 
 pub fn config(nodes: &[SocketAddr], extra: &str) -> Config {
