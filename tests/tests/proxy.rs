@@ -392,13 +392,15 @@ async fn request_in_flight_at_shutdown_completes() {
     let mut u = User::new(addr).await;
     u.get("/hub").await;
     let slow = tokio::spawn(async move { u.get("/_sim/slow?ms=700").await });
-    // Wait until the node has the request.
-    for _ in 0..200 {
-        if sim.node(0).stats().requests >= 2 {
+    // Wait until the request is in flight to the node.
+    let node = lb.shared.registry.get("qps1").unwrap();
+    for _ in 0..400 {
+        if node.in_flight.load(Ordering::Relaxed) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(node.in_flight.load(Ordering::Relaxed), 1);
     let stopping = tokio::spawn(lb.shutdown());
     let r = tokio::time::timeout(T, slow).await.unwrap().unwrap();
     assert_eq!(r.status, StatusCode::OK);
