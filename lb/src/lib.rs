@@ -15,6 +15,7 @@ pub mod admin;
 pub mod clock;
 pub mod health;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod server;
 pub mod sticky;

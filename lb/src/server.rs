@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use lb_config::Config;
+use lb_config::{Config, ProxyProtocolMode};
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::AsyncWriteExt;
@@ -337,11 +337,19 @@ impl Shared {
         }
         let admin = |c: &Config| c.admin.as_ref().map(|a| a.address);
         if admin(&config) != admin(&old.config) {
-            moved.push(format!("admin.address: {:?} -> {:?}", admin(&old.config), admin(&config)));
+            moved.push(format!(
+                "admin.address: {:?} -> {:?}",
+                admin(&old.config),
+                admin(&config)
+            ));
         }
         let module = |c: &Config| c.module.as_ref().map(|m| m.address);
         if module(&config) != module(&old.config) {
-            moved.push(format!("module.address: {:?} -> {:?}", module(&old.config), module(&config)));
+            moved.push(format!(
+                "module.address: {:?} -> {:?}",
+                module(&old.config),
+                module(&config)
+            ));
         }
         if !moved.is_empty() {
             return Err(self.refuse(format!(
@@ -364,7 +372,13 @@ impl Shared {
         );
         let version = config.version.clone();
         let ranking: Arc<dyn LoadRanking> = Arc::new(TelemetryRanking(self.telemetry.clone()));
-        let rt = Runtime::build(config, Some(&old), &self.registry, self.route_key.clone(), Some(ranking));
+        let rt = Runtime::build(
+            config,
+            Some(&old),
+            &self.registry,
+            self.route_key.clone(),
+            Some(ranking),
+        );
         self.runtime.store(Arc::new(rt));
         self.reload_status.store(Arc::new(ReloadStatus {
             version: version.clone(),
@@ -390,12 +404,19 @@ fn set_telemetry_targets(telemetry: &Arc<Telemetry>, config: &Config) -> Result<
         for (k, v) in &config.telemetry.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
             t.headers.insert(name, value);
         }
         // The QPS names engines by host and the engine port: the node's own address is an
         // alias when no other node shares its IP.
-        if config.nodes.iter().filter(|o| o.address.ip() == n.address.ip()).count() == 1 {
+        if config
+            .nodes
+            .iter()
+            .filter(|o| o.address.ip() == n.address.ip())
+            .count()
+            == 1
+        {
             t.aliases.push((n.address.ip().to_string(), 4747));
         }
         targets.push(t);
@@ -450,14 +471,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP address is a valid header value");
-        let info = Arc::new(ConnInfo {
-            peer,
-            peer_ip,
-            tls: false,
-        });
-        shared.conns.spawn(serve_conn(stream, info, shared.clone()));
+        shared.conns.spawn(start_conn(stream, peer, shared.clone()));
     }
 }
 
@@ -471,6 +485,42 @@ async fn refuse(mut stream: TcpStream) {
         ),
     )
     .await;
+}
+
+/// Reads the PROXY protocol header when required, then serves the connection.
+async fn start_conn(mut stream: TcpStream, mut peer: SocketAddr, shared: Arc<Shared>) {
+    let (mode, timeout) = {
+        let rt = shared.runtime.load();
+        (
+            rt.config.listener.proxy_protocol,
+            rt.config.listener.header_read_timeout,
+        )
+    };
+    if mode == ProxyProtocolMode::Required {
+        match tokio::time::timeout(timeout, crate::proxy_protocol::read(&mut stream)).await {
+            Ok(Ok(source)) => peer = source.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "connection refused: {e}");
+                metrics::counter!("lb_connections_refused_total", "reason" => "proxy_protocol")
+                    .increment(1);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connection refused: no PROXY protocol header in time");
+                metrics::counter!("lb_connections_refused_total", "reason" => "proxy_protocol")
+                    .increment(1);
+                return;
+            }
+        }
+    }
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .expect("an IP address is a valid header value");
+    let info = Arc::new(ConnInfo {
+        peer,
+        peer_ip,
+        tls: false,
+    });
+    serve_conn(stream, info, shared).await;
 }
 
 async fn serve_conn(stream: TcpStream, info: Arc<ConnInfo>, shared: Arc<Shared>) {
@@ -557,7 +607,12 @@ pub fn spawn_tunnel(
     });
 }
 
-async fn serve_axum(l: TcpListener, router: axum::Router, stop: CancellationToken, what: &'static str) {
+async fn serve_axum(
+    l: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    what: &'static str,
+) {
     let r = axum::serve(l, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
@@ -596,12 +651,18 @@ async fn watch_config(shared: Arc<Shared>, path: PathBuf) {
     let mut debouncer = match debouncer {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!("cannot watch {}: {e}; reload with SIGHUP or the admin API", dir.display());
+            tracing::warn!(
+                "cannot watch {}: {e}; reload with SIGHUP or the admin API",
+                dir.display()
+            );
             return;
         }
     };
     if let Err(e) = debouncer.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!("cannot watch {}: {e}; reload with SIGHUP or the admin API", dir.display());
+        tracing::warn!(
+            "cannot watch {}: {e}; reload with SIGHUP or the admin API",
+            dir.display()
+        );
         return;
     }
     let mut last = std::fs::read(&path).ok();
