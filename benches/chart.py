@@ -33,9 +33,11 @@ def fmt(v):
 
 def panel(x0, y0, metric, summary):
     key, label, better = metric["key"], metric["label"], metric["better"]
-    balancers = summary["balancers"]
     threads = summary["threads"]
     res = summary["results"]
+    # Only the balancers that ran this metric's scenario.
+    balancers = [b for b in summary["balancers"]
+                 if any(res[b][str(t)].get(key) is not None for t in threads)]
     vals = [res[b][str(t)].get(key) for t in threads for b in balancers]
     vmax = max([v for v in vals if v is not None] or [1.0]) or 1.0
     out = []

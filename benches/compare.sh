@@ -122,7 +122,7 @@ access_log = false
 address = "127.0.0.1:$LISTEN_PORT"
 
 [sticky]
-route_key = "bench-route-key"
+route_key = "bench-route-key-0123456789"
 
 [balance]
 strategy = "round-robin"
