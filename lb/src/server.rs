@@ -36,6 +36,9 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     pub metrics: PrometheusHandle,
     pub started: std::time::Instant,
+    /// Addresses the listeners are bound to (proxy, admin, module): a configuration naming
+    /// either the configured or the bound address keeps its listener.
+    bound: std::sync::Mutex<[Option<SocketAddr>; 3]>,
     pub registry: NodeRegistry,
     pub sticky: StickyTable,
     pub route_key: RouteKey,
@@ -154,6 +157,7 @@ impl Shared {
             config_path,
             metrics: metrics_handle,
             started: std::time::Instant::now(),
+            bound: std::sync::Mutex::new([None; 3]),
             registry,
             sticky,
             route_key,
@@ -240,6 +244,8 @@ impl Server {
             }
             None => None,
         };
+        *shared.bound.lock().unwrap_or_else(|e| e.into_inner()) =
+            [Some(proxy_addr), admin_addr, module_addr];
         tasks.spawn(accept_loop(listener, shared.clone()));
         tasks.spawn(sweeper(shared.clone()));
         tasks.spawn(crate::health::run(shared.clone()));
@@ -328,28 +334,21 @@ impl Shared {
     /// sessions and tunnels survive. Listener addresses cannot change without a restart.
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let old = self.runtime.load_full();
+        let bound = *self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let addrs = |c: &Config| {
+            [
+                Some(c.listener.address),
+                c.admin.as_ref().map(|a| a.address),
+                c.module.as_ref().map(|m| m.address),
+            ]
+        };
+        let (was, now) = (addrs(&old.config), addrs(&config));
         let mut moved = Vec::new();
-        if config.listener.address != old.config.listener.address {
-            moved.push(format!(
-                "listener.address: {} -> {}",
-                old.config.listener.address, config.listener.address
-            ));
-        }
-        let admin = |c: &Config| c.admin.as_ref().map(|a| a.address);
-        if admin(&config) != admin(&old.config) {
-            moved.push(format!(
-                "admin.address: {:?} -> {:?}",
-                admin(&old.config),
-                admin(&config)
-            ));
-        }
-        let module = |c: &Config| c.module.as_ref().map(|m| m.address);
-        if module(&config) != module(&old.config) {
-            moved.push(format!(
-                "module.address: {:?} -> {:?}",
-                module(&old.config),
-                module(&config)
-            ));
+        for (i, key) in ["listener.address", "admin.address", "module.address"].iter().enumerate() {
+            if now[i] != was[i] && (now[i].is_none() || now[i] != bound[i]) {
+                let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+                moved.push(format!("{key}: {} -> {}", show(was[i]), show(now[i])));
+            }
         }
         if !moved.is_empty() {
             return Err(self.refuse(format!(
@@ -688,6 +687,8 @@ async fn sweeper(shared: Arc<Shared>) {
     let expirations = metrics::counter!("lb_sticky_expirations_total");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_full = tokio::time::Instant::now();
+    // Nodes removed by a reload whose tunnels were closed at their drain deadline.
+    let mut retired = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -701,6 +702,7 @@ async fn sweeper(shared: Arc<Shared>) {
             evictions.increment(evicted);
         }
         size.set(shared.sticky.len() as f64);
+        close_retired_tunnels(&shared, &mut retired);
         sync_saturation(&shared);
         shared.metrics.run_upkeep();
     }
@@ -723,6 +725,26 @@ fn sync_saturation(shared: &Shared) {
         if saturated != n.state.saturated() {
             tracing::info!(node = %n.id, saturated, "engine saturation changed");
             n.state.set_saturated(saturated);
+        }
+    }
+}
+
+/// Closes the tunnels of nodes removed by a reload once their drain deadline has passed
+/// (clients get close code 1001); their later requests are redispatched.
+fn close_retired_tunnels(shared: &Shared, retired: &mut std::collections::HashSet<u32>) {
+    let rt = shared.runtime.load();
+    let now = crate::clock::now_ms();
+    for n in &rt.nodes {
+        match n.retiring_until_ms {
+            Some(t) if t <= now => {
+                if retired.insert(n.state.idx) {
+                    tracing::info!(node = %n.id, "drain deadline of a removed node: closing its websockets");
+                    n.state.close_tunnels();
+                }
+            }
+            _ => {
+                retired.remove(&n.state.idx);
+            }
         }
     }
 }
