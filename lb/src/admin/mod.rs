@@ -1,0 +1,299 @@
+//! The admin API: status, metrics, node drain/ready/maint, reload, readiness and a status page.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /` | the status page (one self-contained HTML page polling `/status`) |
+//! | `GET /status` | JSON: version, last reload, connections, sticky table, every node |
+//! | `POST /nodes/{id}/drain` | no new sessions for the node; pinned sessions continue |
+//! | `POST /nodes/{id}/ready` | the node back in rotation |
+//! | `POST /nodes/{id}/maint` | out of rotation: pinned sessions are redispatched too (`?close_websockets=true` also closes its open WebSockets) |
+//! | `POST /reload` | re-reads the configuration file: 200 `{"ok":true,"version"}` or 422 `{"ok":false,"error"}` |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /ready` | 200 `ok` while not shutting down and some node takes new sessions, else 503 |
+//!
+//! With `[admin] token` set, every route but the page itself needs `Authorization: Bearer
+//! <token>` (compared in constant time); without it the answer is 401 with
+//! `WWW-Authenticate: Bearer`. The page holds no data: it asks for the token when `/status`
+//! answers 401.
+//!
+//! Admin states live in the node's [`NodeState`](crate::upstream::NodeState), so they survive
+//! reloads.
+
+mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::clock;
+use crate::server::Shared;
+use crate::upstream::AdminState;
+
+/// The status page, served at `/`.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Everything the admin API needs from the running balancer.
+pub struct AdminCtx {
+    pub shared: Arc<Shared>,
+    /// Re-reads the configuration file; `Err` carries the message with key paths.
+    pub reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub metrics: PrometheusHandle,
+    /// From `[admin] token`: required as a Bearer token when set.
+    pub token: Option<String>,
+}
+
+struct App {
+    ctx: AdminCtx,
+    /// SHA-256 of the token: compared in constant time whatever the length offered.
+    token_digest: Option<[u8; 32]>,
+    started: Instant,
+}
+
+type St = State<Arc<App>>;
+
+/// The admin router.
+pub fn router(ctx: AdminCtx) -> Router {
+    let token_digest = ctx.token.as_deref().filter(|t| !t.is_empty()).map(digest);
+    let app = Arc::new(App {
+        ctx,
+        token_digest,
+        started: Instant::now(),
+    });
+    let protected = Router::new()
+        .route("/status", get(get_status))
+        .route("/nodes/{id}", get(get_node))
+        .route("/nodes/{id}/drain", post(post_drain))
+        .route("/nodes/{id}/ready", post(post_ready))
+        .route("/nodes/{id}/maint", post(post_maint))
+        .route("/reload", post(post_reload))
+        .route("/metrics", get(get_metrics))
+        .route("/ready", get(get_ready))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/", get(get_page))
+        .route("/index.html", get(get_page))
+        .merge(protected)
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+async fn auth(State(app): St, req: Request, next: Next) -> Response {
+    let Some(want) = &app.token_digest else {
+        return next.run(req).await;
+    };
+    let offered = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_string())
+        });
+    let msg = match offered {
+        None => "missing bearer token: send Authorization: Bearer <admin.token>",
+        Some(t) if bool::from(digest(&t).ct_eq(want)) => return next.run(req).await,
+        Some(_) => "wrong bearer token",
+    };
+    let mut r = error(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"lb admin\""),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn get_page() -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; \
+             form-action 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    (h, STATUS_PAGE).into_response()
+}
+
+fn no_store<T: IntoResponse>(v: T) -> Response {
+    let mut r = v.into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn get_status(State(app): St) -> Response {
+    no_store(Json(status::status(
+        &app.ctx.shared,
+        app.started.elapsed().as_secs(),
+    )))
+}
+
+async fn get_node(State(app): St, Path(id): Path<String>) -> Response {
+    let rt = app.ctx.shared.runtime.load();
+    let Some(pos) = rt.pos_of_id(&id) else {
+        return unknown_node(&id);
+    };
+    let pinned = app.ctx.shared.sticky.count_by_node();
+    no_store(Json(status::node(
+        &app.ctx.shared,
+        &rt.nodes[pos],
+        &pinned,
+        clock::now_ms(),
+    )))
+}
+
+fn unknown_node(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no node with id {id:?}"))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MaintQuery {
+    #[serde(default)]
+    close_websockets: bool,
+}
+
+async fn post_drain(State(app): St, Path(id): Path<String>) -> Response {
+    set_admin(&app, &id, AdminState::Drain, false)
+}
+
+async fn post_ready(State(app): St, Path(id): Path<String>) -> Response {
+    set_admin(&app, &id, AdminState::Ready, false)
+}
+
+async fn post_maint(
+    State(app): St,
+    Path(id): Path<String>,
+    Query(q): Query<MaintQuery>,
+) -> Response {
+    set_admin(&app, &id, AdminState::Maint, q.close_websockets)
+}
+
+fn set_admin(app: &App, id: &str, to: AdminState, close_websockets: bool) -> Response {
+    let shared = &app.ctx.shared;
+    let rt = shared.runtime.load();
+    let Some(pos) = rt.pos_of_id(id) else {
+        return unknown_node(id);
+    };
+    let n = &rt.nodes[pos];
+    let from = n.state.admin_state();
+    n.state.set_admin_state(to);
+    if from != to {
+        tracing::info!(node = %n.id, "admin state {} -> {}", status::admin_str(from), status::admin_str(to));
+    }
+    metrics::counter!("lb_admin_actions_total", "action" => status::admin_str(to)).increment(1);
+    if close_websockets && to == AdminState::Maint {
+        tracing::info!(node = %n.id, "closing the node's open WebSockets");
+        n.state.close_tunnels();
+    }
+    let pinned = shared.sticky.count_by_node();
+    no_store(Json(status::node(shared, n, &pinned, clock::now_ms())))
+}
+
+async fn post_reload(State(app): St) -> Response {
+    let reload = app.ctx.reload.clone();
+    let result = match tokio::task::spawn_blocking(move || reload()).await {
+        Ok(r) => r,
+        Err(e) => Err(format!("reload task failed: {e}")),
+    };
+    let version = app.ctx.shared.runtime.load().config.version.clone();
+    match result {
+        Ok(()) => no_store(Json(json!({ "ok": true, "version": version }))),
+        Err(e) => no_store((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ok": false, "error": e, "version": version })),
+        )),
+    }
+}
+
+async fn get_metrics(State(app): St) -> Response {
+    let body = app.ctx.metrics.render();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn get_ready(State(app): St) -> Response {
+    let shared = &app.ctx.shared;
+    let (code, body) = if shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        let now = clock::now_ms();
+        let rt = shared.runtime.load();
+        if rt.nodes.iter().any(|n| n.accepts_new(now)) {
+            (StatusCode::OK, "ok")
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no node accepts new sessions",
+            )
+        }
+    };
+    no_store((
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        body,
+    ))
+}

@@ -1,0 +1,102 @@
+//! The JSON of `GET /status` and of one node.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::clock;
+use crate::runtime::NodeRt;
+use crate::server::Shared;
+use crate::telemetry::{EngineStatus, TelemetryState};
+use crate::upstream::AdminState;
+
+pub(super) fn admin_str(s: AdminState) -> &'static str {
+    match s {
+        AdminState::Ready => "ready",
+        AdminState::Drain => "drain",
+        AdminState::Maint => "maint",
+    }
+}
+
+/// The whole status document.
+pub(super) fn status(shared: &Shared, uptime_seconds: u64) -> Value {
+    let now = clock::now_ms();
+    let rt = shared.runtime.load();
+    let pinned = shared.sticky.count_by_node();
+    let reload = shared.reload_status.load();
+    let nodes: Vec<Value> = rt
+        .nodes
+        .iter()
+        .map(|n| node(shared, n, &pinned, now))
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_version": rt.config.version,
+        "reload": {
+            "version": reload.version,
+            "at_unix_ms": reload.at_unix_ms,
+            "ok": reload.ok,
+            "error": reload.error,
+        },
+        "uptime_seconds": uptime_seconds,
+        "shutting_down": shared.shutdown.is_cancelled(),
+        "open_connections": shared.open_connections.load(Ordering::Relaxed),
+        "open_websockets": shared.open_tunnels.load(Ordering::Relaxed),
+        "sticky": {
+            "sessions": shared.sticky.len(),
+            "evictions": shared.sticky.evictions(),
+        },
+        "nodes": nodes,
+    })
+}
+
+/// One node as the status shows it. `pinned` is the sticky table's count by node index.
+pub(super) fn node(shared: &Shared, n: &NodeRt, pinned: &HashMap<u32, usize>, now: u64) -> Value {
+    let st = &n.state;
+    let passively_down = st.passively_down(now);
+    let up = st.healthy() && !passively_down;
+    let engine = shared
+        .telemetry
+        .status(&n.id)
+        .map(|e| engine(&e, st.saturated()));
+    json!({
+        "id": &*n.id,
+        "address": n.authority.as_str(),
+        "zone": n.zone,
+        "health": if up { "up" } else { "down" },
+        "checks_ok": st.healthy(),
+        "passively_down": passively_down,
+        "admin_state": admin_str(st.admin_state()),
+        "retiring": n.retiring_until_ms.is_some(),
+        "accepts_new": n.accepts_new(now),
+        "in_flight": st.in_flight.load(Ordering::Relaxed),
+        "open_websockets": st.open_tunnels.load(Ordering::Relaxed),
+        "pinned_sessions": pinned.get(&st.idx).copied().unwrap_or(0),
+        "requests_total": st.requests_total.load(Ordering::Relaxed),
+        "failures_total": st.failures_total.load(Ordering::Relaxed),
+        "redispatches_total": st.redispatches_total.load(Ordering::Relaxed),
+        "engine": engine,
+    })
+}
+
+fn engine(e: &EngineStatus, node_saturated: bool) -> Value {
+    let (state, reason) = match &e.state {
+        TelemetryState::Fresh => ("fresh", None),
+        TelemetryState::Stale => ("stale", e.last_error.clone()),
+        TelemetryState::Unreachable { reason } => ("unreachable", Some(reason.clone())),
+        TelemetryState::Unknown => ("unknown", e.last_error.clone()),
+    };
+    let s = e.sample.as_deref();
+    json!({
+        "state": state,
+        "reason": reason,
+        "cpu": s.map(|s| s.cpu_total),
+        "cpu_smoothed": e.smoothed_cpu,
+        "mem_free_mb": s.map(|s| s.mem_free),
+        "mem_total_mb": s.and_then(|s| s.mem_total_physical),
+        "saturated": node_saturated || s.and_then(|s| s.saturated).unwrap_or(false),
+        "sessions_active": s.map(|s| s.sessions_active),
+        "age_ms": e.at.map(|at| at.elapsed().as_millis() as u64),
+    })
+}
