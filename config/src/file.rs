@@ -91,6 +91,47 @@ pub struct ListenerFile {
     pub max_connections: usize,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocolMode,
+    #[serde(default)]
+    pub max_connections_per_client: usize,
+    #[serde(default)]
+    pub max_body_bytes: u64,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    #[serde(default)]
+    pub redirect_address: Option<String>,
+    #[serde(default = "d_hsts")]
+    pub hsts_max_age: Dur,
+}
+
+fn d_hsts() -> Dur {
+    secs(0)
+}
+
+/// HTTPS on a listener: a default certificate and more chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default)]
+    pub sni: Vec<SniFile>,
+    /// Module listener only: PEM CA bundle; clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniFile {
+    pub server_names: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 fn d_header_read_timeout() -> Dur {
@@ -106,6 +147,8 @@ fn d_max_connections() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamFile {
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: bool,
     pub connect_timeout: Dur,
     pub response_timeout: Dur,
     pub pool_idle_timeout: Dur,
@@ -115,6 +158,8 @@ pub struct UpstreamFile {
 impl Default for UpstreamFile {
     fn default() -> Self {
         UpstreamFile {
+            ca_file: None,
+            insecure_skip_verify: false,
             connect_timeout: secs(3),
             response_timeout: secs(60),
             pool_idle_timeout: secs(90),
@@ -239,6 +284,8 @@ pub struct ModuleFile {
     pub base_path: String,
     #[serde(default = "d_body_limit")]
     pub body_limit: usize,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
 }
 
 fn d_base_path() -> String {
@@ -286,4 +333,6 @@ pub struct NodeFile {
     pub zone: Option<String>,
     #[serde(default)]
     pub engine: Option<String>,
+    #[serde(default)]
+    pub tls: bool,
 }

@@ -92,10 +92,41 @@ pub struct Listener {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub proxy_protocol: ProxyProtocolMode,
+    /// 0: no per-client limit.
+    pub max_connections_per_client: usize,
+    /// 0: no limit.
+    pub max_body_bytes: u64,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Lowercase host names (`*.example.com` wildcards allowed); empty: any host.
+    pub allowed_hosts: Vec<String>,
+    /// Lowercase origins or host names; empty: no Origin check.
+    pub websocket_origins: Vec<String>,
+    pub tls: Option<Tls>,
+    pub redirect_address: Option<SocketAddr>,
+    pub hsts_max_age: Duration,
+}
+
+/// Certificate files of an HTTPS listener (read and checked by `lb` when it compiles the
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub sni: Vec<Sni>,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sni {
+    pub server_names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -154,6 +185,7 @@ pub struct Module {
     pub address: SocketAddr,
     pub base_path: String,
     pub body_limit: usize,
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +206,8 @@ pub struct Node {
     pub zone: Option<String>,
     /// Health check URL of this node's engine, when telemetry is wanted.
     pub engine: Option<String>,
+    /// The node's proxy speaks HTTPS.
+    pub tls: bool,
 }
 
 impl Config {
@@ -254,6 +288,40 @@ impl Validator<'_> {
         v
     }
 
+    fn tls(&mut self, key: &str, t: &Option<file::TlsFile>) -> Option<Tls> {
+        let t = t.as_ref()?;
+        if key == "listener.tls" && t.client_ca_file.is_some() {
+            self.err(
+                format!("{key}.client_ca_file"),
+                "client certificates are for the module listener only",
+            );
+        }
+        let mut sni = Vec::new();
+        for (i, s) in t.sni.iter().enumerate() {
+            if s.server_names.is_empty() {
+                self.err(
+                    format!("{key}.sni[{i}].server_names"),
+                    "at least one name is required",
+                );
+            }
+            sni.push(Sni {
+                server_names: s
+                    .server_names
+                    .iter()
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .collect(),
+                cert_file: self.base_dir.join(&s.cert_file),
+                key_file: self.base_dir.join(&s.key_file),
+            });
+        }
+        Some(Tls {
+            cert_file: self.base_dir.join(&t.cert_file),
+            key_file: self.base_dir.join(&t.key_file),
+            sni,
+            client_ca_file: self.path(&t.client_ca_file),
+        })
+    }
+
     fn path(&self, p: &Option<String>) -> Option<PathBuf> {
         p.as_ref().map(|p| self.base_dir.join(p))
     }
@@ -283,7 +351,63 @@ impl Validator<'_> {
             max_header_bytes: f.listener.max_header_bytes,
             max_connections: f.listener.max_connections,
             proxy_protocol: f.listener.proxy_protocol,
+            max_connections_per_client: f.listener.max_connections_per_client,
+            max_body_bytes: f.listener.max_body_bytes,
+            trusted_proxies: Vec::new(),
+            allowed_hosts: Vec::new(),
+            websocket_origins: Vec::new(),
+            tls: self.tls("listener.tls", &f.listener.tls),
+            redirect_address: f
+                .listener
+                .redirect_address
+                .as_ref()
+                .map(|a| self.addr("listener.redirect_address", a)),
+            hsts_max_age: f.listener.hsts_max_age.0,
         };
+        let mut listener = listener;
+        for (i, c) in f.listener.trusted_proxies.iter().enumerate() {
+            let parsed = c
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => listener.trusted_proxies.push(n),
+                Err(_) => self.err(
+                    format!("listener.trusted_proxies[{i}]"),
+                    format!("{c:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        for (i, h) in f.listener.allowed_hosts.iter().enumerate() {
+            let h = h.trim().to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            if bare.is_empty()
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            {
+                self.err(
+                    format!("listener.allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host name"),
+                );
+            }
+            listener.allowed_hosts.push(h);
+        }
+        for (i, o) in f.listener.websocket_origins.iter().enumerate() {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            if o.is_empty() || o.contains(char::is_whitespace) {
+                self.err(
+                    format!("listener.websocket_origins[{i}]"),
+                    format!("{o:?} is not an origin or host name"),
+                );
+            }
+            listener.websocket_origins.push(o);
+        }
+        if listener.redirect_address.is_some() && listener.tls.is_none() {
+            self.err(
+                "listener.redirect_address",
+                "an HTTP-to-HTTPS redirect needs [listener.tls]",
+            );
+        }
         if !(8192..=1 << 20).contains(&listener.max_header_bytes) {
             self.err(
                 "listener.max_header_bytes",
@@ -295,6 +419,8 @@ impl Validator<'_> {
         }
 
         let upstream = Upstream {
+            ca_file: self.path(&f.upstream.ca_file),
+            insecure_skip_verify: f.upstream.insecure_skip_verify,
             connect_timeout: self.dur(
                 "upstream.connect_timeout",
                 &f.upstream.connect_timeout,
@@ -414,12 +540,20 @@ impl Validator<'_> {
                 None => {
                     self.err(
                         "health.expect_status",
-                        format!("{:?} is not a status or a range like \"200-399\"", h.expect_status),
+                        format!(
+                            "{:?} is not a status or a range like \"200-399\"",
+                            h.expect_status
+                        ),
                     );
                     (200, 499)
                 }
             },
-            interval: self.dur("health.interval", &h.interval, Duration::from_millis(10), DAY),
+            interval: self.dur(
+                "health.interval",
+                &h.interval,
+                Duration::from_millis(10),
+                DAY,
+            ),
             timeout: self.dur("health.timeout", &h.timeout, MS, DAY),
             rise: h.rise,
             fall: h.fall,
@@ -432,10 +566,20 @@ impl Validator<'_> {
             ),
         };
         if !health.path.is_empty() && !health.path.starts_with('/') {
-            self.err("health.path", "must start with '/' (or be empty for a TCP connect check)");
+            self.err(
+                "health.path",
+                "must start with '/' (or be empty for a TCP connect check)",
+            );
         }
         if health.rise == 0 || health.fall == 0 {
-            self.err(if health.rise == 0 { "health.rise" } else { "health.fall" }, "must be at least 1");
+            self.err(
+                if health.rise == 0 {
+                    "health.rise"
+                } else {
+                    "health.fall"
+                },
+                "must be at least 1",
+            );
         }
         if let Err(e) = f.ranking.validate() {
             self.err("ranking", e);
@@ -464,6 +608,7 @@ impl Validator<'_> {
             address: self.addr("module.address", &m.address),
             base_path: m.base_path.clone(),
             body_limit: m.body_limit,
+            tls: self.tls("module.tls", &m.tls),
         });
         if let Some(m) = &module {
             if !m.base_path.starts_with('/') {
@@ -565,6 +710,7 @@ impl Validator<'_> {
                 address,
                 zone: n.zone.clone(),
                 engine,
+                tls: n.tls,
             });
         }
         if balance.strategy == BalanceStrategy::LeastLoaded

@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod server;
 pub mod sticky;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use server::Server;
@@ -31,7 +32,9 @@ use lb_config::{Config, ConfigErrors};
 
 /// Checks a configuration file exactly as a start or a reload does.
 pub fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
-    Config::from_file(path)
+    let c = Config::from_file(path)?;
+    tls::load(&c)?;
+    Ok(c)
 }
 
 /// A human summary of a checked configuration, as `lb check` prints it.

@@ -24,13 +24,26 @@ use crate::upstream::{
     Cand, LeastConnections, LeastLoaded, LoadRanking, NodeRegistry, NodeState, RoundRobin, Selector,
 };
 
-/// Request body sent to a node: the client's, or empty on a retry.
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
-/// The pooled client to the nodes. The connector is the seam for HTTPS upstreams.
-pub type UpstreamClient = Client<HttpConnector, UpBody>;
+/// Request body sent to a node: the client's (bounded by `listener.max_body_bytes`), or empty
+/// on a retry.
+pub type UpBody = Either<http_body_util::Limited<Incoming>, Empty<Bytes>>;
+/// The connector to the nodes: plain TCP, or TLS for nodes with `tls = true`.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The pooled client to the nodes.
+pub type UpstreamClient = Client<Connector, UpBody>;
 
 /// Status classes used as a metric label.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The TLS acceptor of the proxy listener.
+#[derive(Clone)]
+pub struct Acceptor(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acceptor")
+    }
+}
 
 /// One node as this snapshot sees it.
 #[derive(Debug)]
@@ -100,6 +113,14 @@ pub struct Runtime {
     pub passive_fail_ms: u64,
     /// Requests answered without a node (503 and the like).
     pub no_node: [Counter; 5],
+    /// TLS of the proxy listener (new connections use the snapshot current when they arrive).
+    pub listener_tls: Option<Acceptor>,
+    /// `Strict-Transport-Security` value for HTTPS responses, when enabled.
+    pub hsts: Option<HeaderValue>,
+    /// Host allow list (lowercase; `*.domain` wildcards); empty: any host.
+    pub allowed_hosts: Vec<String>,
+    /// WebSocket origin allow list (lowercase origins or hosts); empty: no check.
+    pub websocket_origins: Vec<String>,
 }
 
 impl Runtime {
@@ -107,6 +128,7 @@ impl Runtime {
     /// are not in `config` keep serving their pinned sessions until the drain deadline.
     pub fn build(
         config: Config,
+        tls: crate::tls::Loaded,
         prev: Option<&Runtime>,
         registry: &NodeRegistry,
         route_key: RouteKey,
@@ -120,6 +142,7 @@ impl Runtime {
                     addr: std::net::SocketAddr,
                     zone: Option<String>,
                     engine: Option<String>,
+                    https: bool,
                     retiring: Option<u64>| {
             let state = registry.get_or_create(id);
             let value = route_key.value_for(id);
@@ -132,7 +155,7 @@ impl Runtime {
             NodeRt {
                 id: state.id.clone(),
                 state,
-                scheme: Scheme::HTTP,
+                scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
                 authority: Authority::try_from(addr.to_string().as_str())
                     .expect("a socket address is a valid authority"),
                 zone,
@@ -152,6 +175,7 @@ impl Runtime {
                 n.address,
                 n.zone.clone(),
                 n.engine.clone(),
+                n.tls,
                 None,
             ));
         }
@@ -175,6 +199,7 @@ impl Runtime {
                     addr,
                     old.zone.clone(),
                     old.engine.clone(),
+                    old.scheme == Scheme::HTTPS,
                     Some(until),
                 ));
             }
@@ -195,7 +220,15 @@ impl Runtime {
             (BalanceStrategy::LeastLoaded, Some(r)) => Box::new(LeastLoaded::new(r)),
             (BalanceStrategy::LeastLoaded, None) => Box::new(RoundRobin::default()),
         };
-        let client = build_client(&config);
+        let client = build_client(&config, tls.upstream.clone());
+        let hsts =
+            (config.listener.tls.is_some() && !config.listener.hsts_max_age.is_zero()).then(|| {
+                HeaderValue::from_str(&format!(
+                    "max-age={}",
+                    config.listener.hsts_max_age.as_secs()
+                ))
+                .expect("digits are a valid header value")
+            });
         Runtime {
             session_names: SessionCookieNames::new(
                 &config.sticky.session_cookies,
@@ -206,6 +239,12 @@ impl Runtime {
             passive_fail_ms: config.health.passive_fail_timeout.as_millis() as u64,
             no_node: CLASSES
                 .map(|c| metrics::counter!("lb_requests_total", "node" => "", "class" => c)),
+            listener_tls: tls
+                .listener
+                .map(|c| Acceptor(tokio_rustls::TlsAcceptor::from(c))),
+            hsts,
+            allowed_hosts: config.listener.allowed_hosts.clone(),
+            websocket_origins: config.listener.websocket_origins.clone(),
             config: Arc::new(config),
             nodes,
             by_id,
@@ -249,15 +288,21 @@ impl Runtime {
     }
 }
 
-fn build_client(config: &Config) -> UpstreamClient {
+fn build_client(config: &Config, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.upstream.connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.upstream.pool_idle_timeout)
         .pool_max_idle_per_host(config.upstream.pool_max_idle_per_node)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(http)
+        .build(https)
 }

@@ -50,6 +50,8 @@ pub struct Shared {
     pub tunnels: TaskTracker,
     pub open_connections: AtomicI64,
     pub open_tunnels: AtomicI64,
+    /// Open connections per client address (only with `listener.max_connections_per_client`).
+    per_client: dashmap::DashMap<std::net::IpAddr, u32>,
     pub learned_total: Counter,
     m_open_connections: Gauge,
     m_open_tunnels: Gauge,
@@ -119,11 +121,11 @@ fn prometheus() -> PrometheusHandle {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
-        Shared::with_path(config, None)
-    }
-
-    pub fn with_path(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+    pub fn new(
+        config: Config,
+        tls: crate::tls::Loaded,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Shared> {
         let metrics_handle = prometheus();
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
@@ -149,7 +151,14 @@ impl Shared {
             ok: true,
             error: None,
         };
-        let rt = Runtime::build(config, None, &registry, route_key.clone(), Some(ranking));
+        let rt = Runtime::build(
+            config,
+            tls,
+            None,
+            &registry,
+            route_key.clone(),
+            Some(ranking),
+        );
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(rt),
             telemetry,
@@ -167,6 +176,7 @@ impl Shared {
             tunnels: TaskTracker::new(),
             open_connections: AtomicI64::new(0),
             open_tunnels: AtomicI64::new(0),
+            per_client: dashmap::DashMap::new(),
             learned_total: metrics::counter!("lb_sticky_learned_total"),
             m_open_connections: metrics::gauge!("lb_open_connections"),
             m_open_tunnels: metrics::gauge!("lb_open_websockets"),
@@ -197,8 +207,11 @@ impl Server {
         let proxy_addr = config.listener.address;
         let admin_cfg = config.admin.clone();
         let module_cfg = config.module.clone();
-        set_telemetry_targets(&Telemetry::new(), &config).map_err(anyhow::Error::msg)?;
-        let shared = Shared::with_path(config, path.clone());
+        let tls = crate::tls::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let module_tls = tls.module.clone();
+        let redirect = config.listener.redirect_address;
+        warn_insecure(&config);
+        let shared = Shared::new(config, tls, path.clone());
         {
             let cfg = shared.runtime.load().config.clone();
             set_telemetry_targets(&shared.telemetry, &cfg).map_err(anyhow::Error::msg)?;
@@ -220,7 +233,15 @@ impl Server {
                         body_limit: m.body_limit,
                     },
                 );
-                tasks.spawn(serve_axum(l, router, shared.shutdown.clone(), "module"));
+                match module_tls {
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                        tasks.spawn(serve_router_tls(l, router, acceptor, shared.clone()));
+                    }
+                    None => {
+                        tasks.spawn(serve_axum(l, router, shared.shutdown.clone(), "module"));
+                    }
+                }
                 tracing::info!(%addr, "Qlik load balancing module API ready");
                 Some(addr)
             }
@@ -244,6 +265,12 @@ impl Server {
             }
             None => None,
         };
+        if let Some(addr) = redirect {
+            let l = bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (listener.redirect_address)"))?;
+            tasks.spawn(redirect_loop(l, shared.clone()));
+            tracing::info!(%addr, "HTTP-to-HTTPS redirect listener ready");
+        }
         *shared.bound.lock().unwrap_or_else(|e| e.into_inner()) =
             [Some(proxy_addr), admin_addr, module_addr];
         tasks.spawn(accept_loop(listener, shared.clone()));
@@ -344,7 +371,10 @@ impl Shared {
         };
         let (was, now) = (addrs(&old.config), addrs(&config));
         let mut moved = Vec::new();
-        for (i, key) in ["listener.address", "admin.address", "module.address"].iter().enumerate() {
+        for (i, key) in ["listener.address", "admin.address", "module.address"]
+            .iter()
+            .enumerate()
+        {
             if now[i] != was[i] && (now[i].is_none() || now[i] != bound[i]) {
                 let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
                 moved.push(format!("{key}: {} -> {}", show(was[i]), show(now[i])));
@@ -361,9 +391,14 @@ impl Shared {
         {
             tracing::warn!("sticky.route_key changed: it applies after a restart");
         }
+        let tls = match crate::tls::load(&config) {
+            Ok(t) => t,
+            Err(e) => return Err(self.refuse(e.to_string())),
+        };
         if let Err(e) = set_telemetry_targets(&self.telemetry, &config) {
             return Err(self.refuse(e));
         }
+        warn_insecure(&config);
         self.telemetry.set_policy(config.ranking.clone());
         self.sticky.set_limits(
             config.sticky.max_sessions,
@@ -373,6 +408,7 @@ impl Shared {
         let ranking: Arc<dyn LoadRanking> = Arc::new(TelemetryRanking(self.telemetry.clone()));
         let rt = Runtime::build(
             config,
+            tls,
             Some(&old),
             &self.registry,
             self.route_key.clone(),
@@ -474,16 +510,66 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n\
+    Connection: close\r\n\r\n503 Service Unavailable: too busy\n";
+const TOO_MANY: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 51\r\n\
+    Connection: close\r\n\r\n429 Too Many Requests: too many connections from you\n";
+
 /// Answers 503 on a connection over the limit, without reading it.
-async fn refuse(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream.write_all(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n\
-              Connection: close\r\n\r\n503 Service Unavailable: too busy\n",
-        ),
-    )
-    .await;
+async fn refuse(stream: TcpStream) {
+    refuse_with(stream, BUSY).await;
+}
+
+async fn refuse_with(mut stream: TcpStream, answer: &'static [u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(answer)).await;
+}
+
+/// One connection of a client address, counted against `listener.max_connections_per_client`.
+struct ClientSlot<'a> {
+    shared: &'a Shared,
+    ip: std::net::IpAddr,
+    counted: bool,
+}
+
+impl<'a> ClientSlot<'a> {
+    fn take(shared: &'a Shared, ip: std::net::IpAddr) -> Option<ClientSlot<'a>> {
+        let max = shared
+            .runtime
+            .load()
+            .config
+            .listener
+            .max_connections_per_client;
+        if max == 0 {
+            return Some(ClientSlot {
+                shared,
+                ip,
+                counted: false,
+            });
+        }
+        let mut n = shared.per_client.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            shared,
+            ip,
+            counted: true,
+        })
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shared.per_client.remove_if_mut(&self.ip, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
+    }
 }
 
 /// Reads the PROXY protocol header when required, then serves the connection.
@@ -514,15 +600,64 @@ async fn start_conn(mut stream: TcpStream, mut peer: SocketAddr, shared: Arc<Sha
     }
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_ip,
-        tls: false,
-    });
-    serve_conn(stream, info, shared).await;
+    let (acceptor, trusted) = {
+        let rt = shared.runtime.load();
+        let trusted = rt
+            .config
+            .listener
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip()));
+        (rt.listener_tls.clone(), trusted)
+    };
+    let slot_shared = shared.clone();
+    let _slot = match ClientSlot::take(&slot_shared, peer.ip()) {
+        Some(s) => s,
+        None => {
+            metrics::counter!("lb_connections_refused_total", "reason" => "max_connections_per_client").increment(1);
+            refuse_with(stream, TOO_MANY).await;
+            return;
+        }
+    };
+    match acceptor {
+        None => {
+            let info = Arc::new(ConnInfo {
+                peer,
+                peer_ip,
+                trusted,
+                tls: false,
+            });
+            serve_conn(stream, info, shared).await;
+        }
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(timeout, acceptor.0.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    metrics::counter!("lb_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics::counter!("lb_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+            };
+            let info = Arc::new(ConnInfo {
+                peer,
+                peer_ip,
+                trusted,
+                tls: true,
+            });
+            serve_conn(tls, info, shared).await;
+        }
+    }
 }
 
-async fn serve_conn(stream: TcpStream, info: Arc<ConnInfo>, shared: Arc<Shared>) {
+async fn serve_conn<I>(stream: I, info: Arc<ConnInfo>, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     shared.open_connections.fetch_add(1, Ordering::Relaxed);
     shared.m_open_connections.increment(1.0);
     let (header_timeout, max_header) = {
@@ -604,6 +739,92 @@ pub fn spawn_tunnel(
         metrics::counter!("lb_websockets_closed_total", "reason" => end.as_str()).increment(1);
         tracing::debug!(node = %state.id, end = end.as_str(), to_node, to_client, "websocket closed");
     });
+}
+
+/// `upstream.insecure_skip_verify` is loud at every start and reload.
+fn warn_insecure(config: &Config) {
+    if config.upstream.insecure_skip_verify && config.nodes.iter().any(|n| n.tls) {
+        tracing::warn!(
+            "upstream.insecure_skip_verify = true: the certificates of HTTPS nodes are NOT verified; \
+             anyone on the path to the nodes can impersonate them"
+        );
+    }
+}
+
+/// Serves an axum router over TLS (the module listener with certificates).
+async fn serve_router_tls(
+    l: TcpListener,
+    router: axum::Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let svc = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("module accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let svc = svc.clone();
+        let stop = shared.shutdown.clone();
+        shared.conns.spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::debug!(%peer, "module TLS handshake failed");
+                    metrics::counter!("lb_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+            };
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// The optional plain HTTP listener: every request is redirected (308) to HTTPS.
+async fn redirect_loop(l: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(crate::proxy::redirect_to_https(&req))
+        });
+        shared.conns.spawn(async move {
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 async fn serve_axum(

@@ -23,11 +23,18 @@ pub fn config_text_with_engines(nodes: &[SocketAddr], extra: &str) -> String {
 }
 
 fn nodes_text(nodes: &[SocketAddr], extra: &str, engines: bool) -> String {
-    let mut s = String::from("[listener]\naddress = \"127.0.0.1:0\"\n");
-    s.push_str(extra);
+    // A `[listener]` table in `extra` gets the address; otherwise one is added.
+    let mut s = if extra.contains("[listener]\n") {
+        extra.replacen("[listener]\n", "[listener]\naddress = \"127.0.0.1:0\"\n", 1)
+    } else {
+        format!("[listener]\naddress = \"127.0.0.1:0\"\n{extra}")
+    };
     s.push('\n');
     for (i, a) in nodes.iter().enumerate() {
-        s.push_str(&format!("[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\n", i + 1));
+        s.push_str(&format!(
+            "[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\n",
+            i + 1
+        ));
         if engines {
             s.push_str(&format!("engine = \"http://{a}/engine/healthcheck\"\n"));
         }

@@ -133,7 +133,12 @@ async fn hop_by_hop_headers_are_stripped_and_forwarded_for_appended() {
     let sim = SimCluster::start(1, 0, SimOptions::default())
         .await
         .unwrap();
-    let lb = start_lb(&sim.addrs(), "").await;
+    // The test client is a trusted proxy here: its X-Forwarded-For is appended to.
+    let lb = start_lb(
+        &sim.addrs(),
+        "[listener]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(lb.proxy_addr())
         .await
         .unwrap();

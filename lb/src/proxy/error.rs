@@ -7,6 +7,10 @@
 //! | [`ProxyError::Upstream`] | 502 | the node failed mid-request (reset, garbage, early close) |
 //! | [`ProxyError::Timeout`] | 504 | the node sent no response headers within `upstream.response_timeout` |
 //! | [`ProxyError::HeadersTooLarge`] | 431 | the request head is larger than `listener.max_header_bytes` |
+//! | [`ProxyError::BodyTooLarge`] | 413 | `Content-Length` above `listener.max_body_bytes` (a chunked body over it is cut: the node sees an aborted request) |
+//! | [`ProxyError::MissingHost`] | 400 | no `Host` while `listener.allowed_hosts` is set |
+//! | [`ProxyError::HostNotAllowed`] | 421 | the host is not in `listener.allowed_hosts` |
+//! | [`ProxyError::OriginNotAllowed`] | 403 | a WebSocket upgrade whose `Origin` is missing or not allowed |
 //!
 //! The listener answers 503 itself when `listener.max_connections` is reached.
 
@@ -28,6 +32,14 @@ pub enum ProxyError {
     Timeout,
     #[error("request head larger than listener.max_header_bytes")]
     HeadersTooLarge,
+    #[error("request body larger than listener.max_body_bytes")]
+    BodyTooLarge,
+    #[error("request without a Host header")]
+    MissingHost,
+    #[error("host not in listener.allowed_hosts")]
+    HostNotAllowed,
+    #[error("WebSocket Origin missing or not in listener.websocket_origins")]
+    OriginNotAllowed,
 }
 
 impl ProxyError {
@@ -37,6 +49,10 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -48,6 +64,10 @@ impl ProxyError {
             }
             ProxyError::Timeout => "504 Gateway Timeout: the Qlik node did not answer in time\n",
             ProxyError::HeadersTooLarge => "431 Request Header Fields Too Large\n",
+            ProxyError::BodyTooLarge => "413 Content Too Large\n",
+            ProxyError::MissingHost => "400 Bad Request: no Host header\n",
+            ProxyError::HostNotAllowed => "421 Misdirected Request: this host is not served here\n",
+            ProxyError::OriginNotAllowed => "403 Forbidden: WebSocket origin not allowed\n",
         }
     }
 
@@ -65,7 +85,7 @@ impl ProxyError {
         );
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, ProxyError::HeadersTooLarge) {
+        if matches!(self, ProxyError::HeadersTooLarge | ProxyError::BodyTooLarge) {
             // The rest of what the client sent cannot be trusted to frame a next request.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -80,6 +100,10 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream",
             ProxyError::Timeout => "timeout",
             ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::HostNotAllowed => "host_not_allowed",
+            ProxyError::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub peer_ip: HeaderValue,
     pub tls: bool,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept and appended to.
+    pub trusted: bool,
 }
 
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -180,6 +182,30 @@ async fn forward(
     if head_size(&req) > rt.config.listener.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge.into());
     }
+    if !rt.allowed_hosts.is_empty() {
+        match request_host(&req) {
+            None => return Err(ProxyError::MissingHost.into()),
+            Some(h) if !host_allowed(&rt.allowed_hosts, h) => {
+                return Err(ProxyError::HostNotAllowed.into())
+            }
+            Some(_) => {}
+        }
+    }
+    let upgrade = headers::is_upgrade(req.headers());
+    if upgrade && !rt.websocket_origins.is_empty() && !origin_allowed(&rt.websocket_origins, &req) {
+        return Err(ProxyError::OriginNotAllowed.into());
+    }
+    let max_body = rt.config.listener.max_body_bytes;
+    if max_body > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(ProxyError::BodyTooLarge.into());
+        }
+    }
     let now = clock::now_ms();
     let pins = read_pins(rt, shared, req.headers());
 
@@ -227,13 +253,18 @@ async fn forward(
         redispatched(shared, rt, pos, &pins);
     }
 
-    let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if pins.route.is_some() {
         strip_route_cookie(rt, &mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !conn.trusted {
+        // What an untrusted client claims about earlier hops is dropped, not passed on.
+        parts.headers.remove(&headers::X_FORWARDED_FOR);
+        parts.headers.remove(&headers::X_FORWARDED_PROTO);
+        parts.headers.remove(&headers::X_FORWARDED_HOST);
+    }
     headers::append_list(&mut parts.headers, &headers::X_FORWARDED_FOR, &conn.peer_ip);
     let proto = if conn.tls { &PROTO_HTTPS } else { &PROTO_HTTP };
     headers::append_list(&mut parts.headers, &headers::X_FORWARDED_PROTO, proto);
@@ -251,7 +282,12 @@ async fn forward(
     let retry = body
         .is_end_stream()
         .then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut body: Option<UpBody> = Some(Either::Left(body));
+    let limit = if max_body > 0 {
+        max_body as usize
+    } else {
+        usize::MAX
+    };
+    let mut body: Option<UpBody> = Some(Either::Left(http_body_util::Limited::new(body, limit)));
     let timeout = rt.config.upstream.response_timeout;
     let mut tried = 0usize;
     let resp = loop {
@@ -334,6 +370,12 @@ async fn forward(
     }
 
     headers::strip_hop_by_hop(resp.headers_mut(), false);
+    if conn.tls {
+        if let Some(v) = &rt.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+    }
     learn(shared, rt, node, resp.headers(), &pins);
     let has_valid_route = route_valid_for == Some(pos);
     if !has_valid_route {
@@ -345,6 +387,88 @@ async fn forward(
         resp.headers_mut().append(header::SET_COOKIE, v.clone());
     }
     Ok((resp.map(Either::Left), pos, decision))
+}
+
+/// The host a request is for, without the port, from `Host` or the absolute URI.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let h = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    Some(strip_port(h))
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+/// Host allow list: exact names or `*.domain` wildcards (one label or more), case-insensitive.
+pub fn host_allowed(list: &[String], host: &str) -> bool {
+    list.iter().any(|e| match e.strip_prefix("*.") {
+        Some(domain) => {
+            host.len() > domain.len() + 1
+                && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+        }
+        None => e.eq_ignore_ascii_case(host),
+    })
+}
+
+/// WebSocket origin allow list, as the Qlik virtual proxy applies it: the `Origin` must name
+/// the host the request is for, or an entry of the list (a full origin such as
+/// `https://portal.example.com`, or a host name). A missing `Origin` is refused.
+pub fn origin_allowed<B>(list: &[String], req: &Request<B>) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let host_no_port = strip_port(host);
+    if request_host(req).is_some_and(|h| h.eq_ignore_ascii_case(host_no_port)) {
+        return true;
+    }
+    list.iter().any(|e| {
+        e.eq_ignore_ascii_case(origin)
+            || e.eq_ignore_ascii_case(host)
+            || e.eq_ignore_ascii_case(host_no_port)
+    })
+}
+
+/// The answer of the HTTP-to-HTTPS redirect listener: 308 to the same host and path.
+pub fn redirect_to_https<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(strip_port)
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    match host {
+        Some(h) => {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            if let Ok(v) = HeaderValue::from_str(&format!("https://{h}{pq}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+        None => *r.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    r
 }
 
 /// Size of a request head as sent on the wire (request line, headers, line ends).

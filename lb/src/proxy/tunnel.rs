@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -64,38 +65,52 @@ pub async fn splice(
     close: &CancellationToken,
     counts: &Counts,
 ) -> End {
-    let client = client.downcast::<TokioIo<TcpStream>>();
-    let node = node.downcast::<TokioIo<TcpStream>>();
-    match (client, node) {
-        (Ok(c), Ok(n)) => {
-            splice_tcp(
-                c.io.into_inner(),
-                c.read_buf,
-                n.io.into_inner(),
-                n.read_buf,
-                idle,
-                close,
-                counts,
-            )
-            .await
+    match (client_side(client), node_side(node)) {
+        (Side::Tcp(c, cpre), Side::Tcp(n, npre)) => {
+            splice_tcp(c, cpre, n, npre, idle, close, counts).await
         }
-        (c, n) => splice_generic(boxed(c), boxed(n), idle, close, counts).await,
+        (c, n) => splice_generic(c.boxed(), n.boxed(), idle, close, counts).await,
+    }
+}
+
+/// One end of a tunnel: plain TCP (the fast path) or anything else (TLS).
+enum Side {
+    Tcp(TcpStream, Bytes),
+    Other(Box<dyn Io>),
+}
+
+impl Side {
+    fn boxed(self) -> Box<dyn Io> {
+        match self {
+            Side::Tcp(io, pre) => Box::new(Prefixed { pre, io }),
+            Side::Other(b) => b,
+        }
+    }
+}
+
+fn client_side(u: Upgraded) -> Side {
+    match u.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => Side::Tcp(p.io.into_inner(), p.read_buf),
+        Err(u) => Side::Other(Box::new(TokioIo::new(u))),
+    }
+}
+
+fn node_side(u: Upgraded) -> Side {
+    match u.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
+        Ok(p) => match p.io {
+            MaybeHttpsStream::Http(io) => Side::Tcp(io.into_inner(), p.read_buf),
+            MaybeHttpsStream::Https(tls) => Side::Other(Box::new(Prefixed {
+                pre: p.read_buf,
+                io: tls.into_inner(),
+            })),
+        },
+        Err(u) => client_side(u),
     }
 }
 
 /// Any upgraded stream, for the generic path.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-fn boxed(side: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> Box<dyn Io> {
-    match side {
-        Ok(p) => Box::new(Prefixed {
-            pre: p.read_buf,
-            io: p.io.into_inner(),
-        }),
-        Err(u) => Box::new(TokioIo::new(u)),
-    }
-}
 
 async fn splice_tcp(
     client: TcpStream,
@@ -112,7 +127,7 @@ async fn splice_tcp(
     let (nr, nw) = node.into_split();
     let up = pump(cr, nw, client_pre, &last, &counts.to_node, &stop, false);
     let down = pump(nr, cw, node_pre, &last, &counts.to_client, &stop, true);
-    let both = async { tokio::join!(up, down) };
+    let both = both_with_linger(up, down);
     tokio::pin!(both);
     let end = tokio::select! {
         _ = &mut both => return End::Closed,
@@ -123,6 +138,20 @@ async fn splice_tcp(
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut both).await;
     end
+}
+
+/// How long one direction may go on after the other has ended (HAProxy's `timeout
+/// client-fin`): a peer that keeps a half-closed tunnel open does not hold it forever.
+const FIN_LINGER: Duration = Duration::from_secs(5);
+
+/// Runs both directions; once one ends, the other gets at most [`FIN_LINGER`].
+async fn both_with_linger<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    tokio::pin!(a);
+    tokio::pin!(b);
+    tokio::select! {
+        _ = &mut a => { let _ = tokio::time::timeout(FIN_LINGER, b).await; }
+        _ = &mut b => { let _ = tokio::time::timeout(FIN_LINGER, a).await; }
+    }
 }
 
 /// Copies `r` to `w` until `r` ends, then half-closes `w`. Borrows a buffer only while data
@@ -267,7 +296,7 @@ async fn splice_generic(
     let (mut nr, mut nw) = tokio::io::split(node);
     let up = copy(&mut cr, &mut nw, &last, &counts.to_node);
     let down = copy(&mut nr, &mut cw, &last, &counts.to_client);
-    let both = async { tokio::join!(up, down) };
+    let both = both_with_linger(up, down);
     tokio::select! {
         _ = both => End::Closed,
         _ = idle_watch(&last, idle) => End::Idle,

@@ -1,0 +1,240 @@
+//! TLS with rustls: server configurations for the HTTPS listeners (certificates chosen by SNI,
+//! TLS 1.2 and 1.3 only, ALPN `http/1.1`, optional client certificates) and the client
+//! configuration for HTTPS nodes (a configured CA file, or the system roots).
+//!
+//! Certificates are read when a configuration is compiled, so a bad certificate makes the
+//! whole configuration invalid and a reload keeps the running one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+/// The crypto provider of every configuration built here (aws-lc-rs), chosen explicitly so
+/// that another provider compiled into the process changes nothing.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: invalid PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+}
+
+fn certified_key(cert: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certs(cert)?;
+    let key = key(key_path)?;
+    let ck = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key_path.display()))?;
+    Ok(Arc::new(ck))
+}
+
+/// Chooses a certificate by the SNI name: exact names, then `*.domain` wildcards, then the
+/// default.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// The server configuration of an HTTPS listener.
+pub fn server_config(t: &lb_config::Tls) -> Result<Arc<ServerConfig>, String> {
+    let mut resolver = SniResolver {
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+        default: certified_key(&t.cert_file, &t.key_file)?,
+    };
+    for s in &t.sni {
+        let k = certified_key(&s.cert_file, &s.key_file)?;
+        for name in &s.server_names {
+            match name.strip_prefix("*.") {
+                Some(parent) => resolver.wildcard.insert(parent.to_string(), k.clone()),
+                None => resolver.exact.insert(name.clone(), k.clone()),
+            };
+        }
+    }
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| e.to_string())?;
+    let builder = match &t.client_ca_file {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: invalid CA certificate: {e}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The client configuration for HTTPS nodes.
+pub fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| e.to_string())?;
+    let mut cfg = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        match ca_file {
+            Some(ca) => {
+                for c in certs(ca)? {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("{}: invalid CA certificate: {e}", ca.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    // ALPN (http/1.1) is set by the connector.
+    cfg.alpn_protocols.clear();
+    Ok(Arc::new(cfg))
+}
+
+/// `upstream.insecure_skip_verify`: accepts any certificate (signatures are still checked).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Everything TLS in a configuration, loaded and checked.
+#[derive(Clone)]
+pub struct Loaded {
+    pub listener: Option<Arc<ServerConfig>>,
+    pub module: Option<Arc<ServerConfig>>,
+    pub upstream: Arc<ClientConfig>,
+}
+
+/// Loads the certificates a configuration names; every failure carries its key path.
+pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(lb_config::ConfigError {
+            path: path.to_string(),
+            message,
+        })
+    };
+    let listener = match &c.listener.tls {
+        Some(t) => server_config(t).map_err(|e| err("listener.tls", e)).ok(),
+        None => None,
+    };
+    let module = match c.module.as_ref().and_then(|m| m.tls.as_ref()) {
+        Some(t) => server_config(t).map_err(|e| err("module.tls", e)).ok(),
+        None => None,
+    };
+    let upstream = client_config(
+        c.upstream.ca_file.as_deref(),
+        c.upstream.insecure_skip_verify,
+    )
+    .map_err(|e| err("upstream.ca_file", e))
+    .ok();
+    match (upstream, errors.is_empty()) {
+        (Some(upstream), true) => Ok(Loaded {
+            listener,
+            module,
+            upstream,
+        }),
+        _ => Err(lb_config::ConfigErrors(errors)),
+    }
+}
