@@ -273,16 +273,26 @@ impl Runtime {
             .filter(|&(i, n)| Some(i) != exclude && n.accepts_new(now_ms))
             .map(|(_, n)| tier(n))
             .min()?;
+        let window = self.config.health.slow_start;
         let mut pos = Vec::with_capacity(self.nodes.len());
         let mut cands = Vec::with_capacity(self.nodes.len());
+        let mut held_back = None;
         for (i, n) in self.nodes.iter().enumerate() {
             if Some(i) != exclude && n.accepts_new(now_ms) && tier(n) == best {
+                // A node in slow start takes only its growing share of new sessions.
+                if !crate::health::slow_start_admits(&n.state, now_ms, window) {
+                    held_back.get_or_insert(i);
+                    continue;
+                }
                 pos.push(i);
                 cands.push(Cand {
                     id: &n.id,
                     load: n.state.load(),
                 });
             }
+        }
+        if cands.is_empty() {
+            return held_back;
         }
         self.selector.pick(&cands).map(|c| pos[c])
     }
