@@ -82,7 +82,10 @@ enum Side {
 impl Side {
     fn boxed(self) -> Box<dyn Io> {
         match self {
-            Side::Tcp(io, pre) => Box::new(Prefixed { pre, io }),
+            Side::Tcp(io, pre) => Box::new(Prefixed {
+                pre: if pre.is_empty() { Bytes::new() } else { pre },
+                io,
+            }),
             Side::Other(b) => b,
         }
     }
@@ -172,6 +175,8 @@ async fn pump(
         w.write_all(&pre).await?;
         count.fetch_add(pre.len() as u64, Ordering::Relaxed);
     }
+    // `pre` shares hyper's whole read buffer: let it go now, not when the tunnel ends.
+    drop(pre);
     loop {
         tokio::select! {
             r = r.readable() => r?,
@@ -339,6 +344,10 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
             bytes::Buf::advance(&mut self.pre, n);
+            if self.pre.is_empty() {
+                // Release the read buffer it was cut from.
+                self.pre = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
