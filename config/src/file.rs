@@ -236,6 +236,8 @@ pub struct HealthFile {
     pub fall: u32,
     pub slow_start: Dur,
     pub passive_fail_timeout: Dur,
+    pub passive_errors: u32,
+    pub passive_window: Dur,
 }
 
 impl Default for HealthFile {
@@ -250,6 +252,8 @@ impl Default for HealthFile {
             fall: 3,
             slow_start: secs(30),
             passive_fail_timeout: secs(10),
+            passive_errors: 10,
+            passive_window: secs(10),
         }
     }
 }

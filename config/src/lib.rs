@@ -167,6 +167,10 @@ pub struct Health {
     pub fall: u32,
     pub slow_start: Duration,
     pub passive_fail_timeout: Duration,
+    /// 5xx answers, timeouts and broken answers within `passive_window` that take a node out
+    /// for `passive_fail_timeout`; 0 disables.
+    pub passive_errors: u32,
+    pub passive_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -564,6 +568,8 @@ impl Validator<'_> {
                 MS,
                 DAY,
             ),
+            passive_errors: h.passive_errors,
+            passive_window: self.dur("health.passive_window", &h.passive_window, MS, DAY),
         };
         if !health.path.is_empty() && !health.path.starts_with('/') {
             self.err(

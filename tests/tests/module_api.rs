@@ -53,7 +53,9 @@ async fn eventually(bound: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_ranks_engines_from_live_telemetry() {
-    let sim = SimCluster::start(3, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(3, 0, SimOptions::default())
+        .await
+        .unwrap();
     sim.node(0).set_telemetry(telemetry(70.0, 8_000.0));
     sim.node(1).set_telemetry(telemetry(10.0, 30_000.0));
     sim.node(2).set_telemetry(telemetry(40.0, 16_000.0));
@@ -65,7 +67,8 @@ async fn module_ranks_engines_from_live_telemetry() {
     let m = lb.module_addr().unwrap();
     let engines: Vec<String> = sim.addrs().iter().map(|a| format!("wss://{a}")).collect();
     let body = json!({"AppName": APP, "QlikSenseEngines": engines, "Extra": 1}).to_string();
-    let want = |order: [usize; 3]| -> Vec<String> { order.iter().map(|&i| engines[i].clone()).collect() };
+    let want =
+        |order: [usize; 3]| -> Vec<String> { order.iter().map(|&i| engines[i].clone()).collect() };
 
     // Least loaded first: node2, then node3, then node1.
     assert!(
@@ -121,7 +124,10 @@ async fn module_ranks_engines_from_live_telemetry() {
     assert!(
         eventually(Duration::from_secs(3), async || {
             let v = prioritize(m, &body2).await.1;
-            let order = v["QlikSenseEngines"].as_array().cloned().unwrap_or_default();
+            let order = v["QlikSenseEngines"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             order.len() == 4
                 && order[0] == json!(engines[1])
                 && order.iter().position(|e| *e == json!(engines[0]))
@@ -140,7 +146,9 @@ async fn module_ranks_engines_from_live_telemetry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
-    let sim = SimCluster::start(3, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(3, 0, SimOptions::default())
+        .await
+        .unwrap();
     sim.node(0).set_telemetry(telemetry(50.0, 10_000.0));
     sim.node(1).set_telemetry(telemetry(5.0, 30_000.0));
     sim.node(2).set_telemetry(telemetry(50.0, 10_000.0));
@@ -152,7 +160,13 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     // Wait for telemetry to arrive.
     assert!(
         eventually(Duration::from_secs(5), async || {
-            lb.shared.telemetry.all().iter().filter(|(_, s)| s.sample.is_some()).count() == 3
+            lb.shared
+                .telemetry
+                .all()
+                .iter()
+                .filter(|(_, s)| s.sample.is_some())
+                .count()
+                == 3
         })
         .await
     );
@@ -160,7 +174,11 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     for _ in 0..5 {
         let mut u = User::new(lb.proxy_addr()).await;
         let r = u.get("/hub").await;
-        assert_eq!(r.node(), Some("node2"), "new users go to the least loaded node");
+        assert_eq!(
+            r.node(),
+            Some("node2"),
+            "new users go to the least loaded node"
+        );
         pinned.push(u);
     }
     // node2 saturates: no new sessions there while others are free; its users stay.
@@ -169,7 +187,10 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     sim.node(1).set_telemetry(t);
     assert!(
         eventually(Duration::from_secs(3), async || {
-            lb.shared.registry.get("qps2").is_some_and(|s| s.saturated())
+            lb.shared
+                .registry
+                .get("qps2")
+                .is_some_and(|s| s.saturated())
         })
         .await
     );
@@ -180,8 +201,14 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
         assert_eq!(r.status, StatusCode::OK);
         *seen.entry(r.node().unwrap().to_string()).or_default() += 1;
     }
-    assert!(!seen.contains_key("node2"), "a saturated node took new users: {seen:?}");
-    assert!(seen.len() == 2, "equal engines share the new users: {seen:?}");
+    assert!(
+        !seen.contains_key("node2"),
+        "a saturated node took new users: {seen:?}"
+    );
+    assert!(
+        seen.len() == 2,
+        "equal engines share the new users: {seen:?}"
+    );
     for u in pinned.iter_mut() {
         let r = u.get("/hub").await;
         assert_eq!(r.status, StatusCode::OK);

@@ -309,7 +309,11 @@ async fn forward(
         drop(guard);
         match res {
             Ok(Ok(resp)) => {
-                node.state.mark_ok();
+                if resp.status().is_server_error() {
+                    passive_error(rt, node);
+                } else {
+                    node.state.mark_ok();
+                }
                 break resp;
             }
             Ok(Err(e)) if e.is_connect() => {
@@ -341,7 +345,7 @@ async fn forward(
                 }
             }
             Ok(Err(e)) => {
-                node.state.failures_total.fetch_add(1, Ordering::Relaxed);
+                passive_error(rt, node);
                 return Err(Failed {
                     error: ProxyError::Upstream(e.to_string()),
                     node: Some(pos),
@@ -349,7 +353,7 @@ async fn forward(
                 });
             }
             Err(_) => {
-                node.state.failures_total.fetch_add(1, Ordering::Relaxed);
+                passive_error(rt, node);
                 return Err(Failed {
                     error: ProxyError::Timeout,
                     node: Some(pos),
@@ -479,6 +483,12 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.headers()
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Passive health: an error answer counts towards taking the node out.
+fn passive_error(rt: &Runtime, node: &NodeRt) {
+    let h = &rt.config.health;
+    node.state.note_error(h.passive_errors, h.passive_window.as_millis() as u64, rt.passive_fail_ms);
 }
 
 /// A pinned request went to another node: count it and move the learned pin.

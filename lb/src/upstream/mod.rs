@@ -69,6 +69,9 @@ pub struct NodeState {
     pub pinned_sessions: AtomicI64,
     /// Consecutive active check results, for rise/fall.
     pub check_streak: AtomicU32,
+    /// Passive error window: its start (clock ms) and the errors counted in it.
+    err_window_ms: AtomicU64,
+    err_count: AtomicU32,
     /// Cancelled to close every tunnel of this node (removed node past its drain deadline).
     tunnels_cancel: Mutex<CancellationToken>,
 }
@@ -90,6 +93,8 @@ impl NodeState {
             redispatches_total: AtomicU64::new(0),
             pinned_sessions: AtomicI64::new(0),
             check_streak: AtomicU32::new(0),
+            err_window_ms: AtomicU64::new(0),
+            err_count: AtomicU32::new(0),
             tunnels_cancel: Mutex::new(CancellationToken::new()),
         }
     }
@@ -130,6 +135,32 @@ impl NodeState {
         if prev <= now {
             tracing::warn!(node = %self.id, "node failed: out of rotation for {for_ms} ms");
         }
+    }
+
+    /// An error answer (5xx, timeout, broken response). `limit` of them within `window_ms`
+    /// take the node out for `for_ms`; returns true when that happened.
+    pub fn note_error(&self, limit: u32, window_ms: u64, for_ms: u64) -> bool {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        if limit == 0 {
+            return false;
+        }
+        let now = clock::now_ms();
+        let start = self.err_window_ms.load(Ordering::Relaxed);
+        let n = if now.saturating_sub(start) > window_ms {
+            self.err_window_ms.store(now, Ordering::Relaxed);
+            self.err_count.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.err_count.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if n >= limit {
+            self.err_count.store(0, Ordering::Relaxed);
+            self.failures_total.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(node = %self.id, "{n} errors within {window_ms} ms");
+            self.mark_failed(for_ms);
+            return true;
+        }
+        false
     }
 
     /// The node answered: a passive mark is lifted.
@@ -219,5 +250,45 @@ impl NodeRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .get(idx as usize)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_errors_within_the_window_take_a_node_out() {
+        let r = NodeRegistry::default();
+        let n = r.get_or_create("qps1");
+        let now = clock::now_ms();
+        assert!(n.usable(now));
+        assert!(!n.note_error(3, 60_000, 60_000));
+        assert!(!n.note_error(3, 60_000, 60_000));
+        assert!(n.usable(clock::now_ms()));
+        assert!(n.note_error(3, 60_000, 60_000), "third error within the window");
+        assert!(!n.usable(clock::now_ms()));
+        assert!(n.passively_down(clock::now_ms()));
+        // Disabled: never out.
+        let m = r.get_or_create("qps2");
+        for _ in 0..100 {
+            assert!(!m.note_error(0, 60_000, 60_000));
+        }
+        assert!(m.usable(clock::now_ms()));
+        assert_eq!(m.failures_total.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn registry_keeps_one_state_per_id() {
+        let r = NodeRegistry::default();
+        let a = r.get_or_create("a");
+        let b = r.get_or_create("b");
+        assert!(Arc::ptr_eq(&a, &r.get_or_create("a")));
+        assert_ne!(a.idx, b.idx);
+        assert!(Arc::ptr_eq(&b, &r.by_idx(b.idx).unwrap()));
+        a.set_admin_state(AdminState::Drain);
+        assert!(a.usable(clock::now_ms()) && !a.accepts_new(clock::now_ms()));
+        a.set_admin_state(AdminState::Maint);
+        assert!(!a.usable(clock::now_ms()));
     }
 }
