@@ -1,8 +1,8 @@
 //! Active health checks of the QPS nodes, and slow start.
 //!
 //! Every `health.interval`, each node of the current snapshot is checked: an HTTP `GET` of
-//! `health.path` on a fresh connection (or, with an empty path, a plain TCP connect), bounded
-//! by `health.timeout`. A status within `health.expect_status` is a success. As in HAProxy, a
+//! `health.path` on a fresh connection (an HTTPS node through the proxy's own client, with its
+//! TLS settings), or, with an empty path, a plain TCP connect; bounded by `health.timeout`. A status within `health.expect_status` is a success. As in HAProxy, a
 //! node goes down after `health.fall` consecutive failures and comes back after `health.rise`
 //! consecutive successes; each transition is logged once and flips
 //! [`NodeState::set_healthy`], which the proxy reads (a down node gets no new session and its
@@ -24,14 +24,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Scheme;
 use http::{header, HeaderValue, Method, Request, Uri};
-use http_body_util::Empty;
+use http_body_util::{Either, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use lb_config::Health;
 use tokio::task::JoinSet;
 
-use crate::runtime::NodeRt;
+use crate::runtime::{NodeRt, Runtime, UpstreamClient};
 use crate::server::Shared;
 use crate::upstream::NodeState;
 
@@ -54,7 +54,7 @@ pub async fn run(shared: Arc<Shared>) {
         let cfg = rt.config.health.clone();
         let wait = if cfg.enabled {
             was_enabled = true;
-            let round = check_round(&client, &rt.nodes, &cfg);
+            let round = check_round(&client, &rt, &cfg);
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 _ = round => {}
@@ -84,10 +84,10 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Checks every node of a snapshot at once and applies the results.
-async fn check_round(client: &CheckClient, nodes: &[NodeRt], cfg: &Health) {
+async fn check_round(client: &CheckClient, rt: &Runtime, cfg: &Health) {
     let mut set = JoinSet::new();
-    for n in nodes {
-        let target = Target::of(n, &cfg.path);
+    for n in &rt.nodes {
+        let target = Target::of(n, &cfg.path, &rt.client);
         let client = client.clone();
         let (timeout, expect) = (cfg.timeout, cfg.expect_status);
         let state = n.state.clone();
@@ -107,23 +107,39 @@ async fn check_round(client: &CheckClient, nodes: &[NodeRt], cfg: &Health) {
 /// Where and how to check one node.
 #[derive(Debug, Clone)]
 enum Target {
-    Http { uri: Uri, host: HeaderValue },
-    Tcp { authority: String },
+    Http {
+        uri: Uri,
+        host: HeaderValue,
+    },
+    /// An HTTPS node, checked through the proxy's own client (same TLS settings).
+    Https {
+        uri: Uri,
+        host: HeaderValue,
+        client: UpstreamClient,
+    },
+    Tcp {
+        authority: String,
+    },
 }
 
 impl Target {
-    fn of(n: &NodeRt, path: &str) -> Target {
+    fn of(n: &NodeRt, path: &str, tls_client: &UpstreamClient) -> Target {
         let authority = n.authority.as_str().to_string();
-        // The check client speaks plain HTTP; a node behind TLS gets a connect check.
-        if path.is_empty() || n.scheme != Scheme::HTTP {
+        let tls = n.scheme == Scheme::HTTPS;
+        if path.is_empty() || !(tls || n.scheme == Scheme::HTTP) {
             return Target::Tcp { authority };
         }
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(n.scheme.clone())
             .authority(n.authority.clone())
             .path_and_query(path)
             .build();
         match (uri, HeaderValue::from_str(&authority)) {
+            (Ok(uri), Ok(host)) if tls => Target::Https {
+                uri,
+                host,
+                client: tls_client.clone(),
+            },
             (Ok(uri), Ok(host)) => Target::Http { uri, host },
             _ => Target::Tcp { authority },
         }
@@ -152,30 +168,48 @@ async fn check(
             }
         }
         Target::Http { uri, host } => {
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(uri.clone())
-                .header(header::HOST, host.clone())
-                .header(header::USER_AGENT, "lb-health-check")
-                .header(header::CONNECTION, "close")
-                .body(Empty::new())
-                .map_err(|e| e.to_string())?;
-            match tokio::time::timeout(timeout, client.request(req)).await {
-                Ok(Ok(resp)) => {
-                    let code = resp.status().as_u16();
-                    if (expect.0..=expect.1).contains(&code) {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "GET {uri} answered {code}, expected {}-{}",
-                            expect.0, expect.1
-                        ))
-                    }
-                }
-                Ok(Err(e)) => Err(format!("GET {uri}: {}", error_chain(&e))),
-                Err(_) => Err(format!("GET {uri}: timed out after {timeout:?}")),
+            let req = request(uri, host, Empty::new())?;
+            judge(uri, timeout, expect, client.request(req)).await
+        }
+        Target::Https { uri, host, client } => {
+            let req = request(uri, host, Either::Right(Empty::new()))?;
+            judge(uri, timeout, expect, client.request(req)).await
+        }
+    }
+}
+
+fn request<B>(uri: &Uri, host: &HeaderValue, body: B) -> Result<Request<B>, String> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(uri.clone())
+        .header(header::HOST, host.clone())
+        .header(header::USER_AGENT, "lb-health-check")
+        .header(header::CONNECTION, "close")
+        .body(body)
+        .map_err(|e| e.to_string())
+}
+
+/// Waits for the answer to a check request and judges its status.
+async fn judge<B, E: std::error::Error>(
+    uri: &Uri,
+    timeout: Duration,
+    expect: (u16, u16),
+    answer: impl std::future::Future<Output = Result<http::Response<B>, E>>,
+) -> CheckResult {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(resp)) => {
+            let code = resp.status().as_u16();
+            if (expect.0..=expect.1).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "GET {uri} answered {code}, expected {}-{}",
+                    expect.0, expect.1
+                ))
             }
         }
+        Ok(Err(e)) => Err(format!("GET {uri}: {}", error_chain(&e))),
+        Err(_) => Err(format!("GET {uri}: timed out after {timeout:?}")),
     }
 }
 
