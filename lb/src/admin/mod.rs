@@ -78,12 +78,14 @@ pub fn router(ctx: AdminCtx) -> Router {
         .route("/nodes/{id}/maint", post(post_maint))
         .route("/reload", post(post_reload))
         .route("/metrics", get(get_metrics))
-        .route("/ready", get(get_ready))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    // The page holds no data (it asks for the token before it fetches any), and `/ready` says
+    // only yes or no, for a load balancer in front that cannot send a token.
     Router::new()
         .route("/", get(get_page))
         .route("/index.html", get(get_page))
+        .route("/ready", get(get_ready))
         .merge(protected)
         .fallback(not_found)
         .with_state(app)
