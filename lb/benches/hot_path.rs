@@ -12,13 +12,24 @@ use lb::sticky::{cookie, route, RouteKey, StickyTable};
 use lb::upstream::NodeRegistry;
 
 fn runtime(nodes: usize, strategy: &str) -> Runtime {
-    let mut t = format!("[listener]\naddress = \"127.0.0.1:0\"\n[balance]\nstrategy = \"{strategy}\"\n");
+    let mut t =
+        format!("[listener]\naddress = \"127.0.0.1:0\"\n[balance]\nstrategy = \"{strategy}\"\n");
     for i in 0..nodes {
-        t.push_str(&format!("[[nodes]]\nid = \"qps{i}\"\naddress = \"10.0.0.{}:443\"\n", i + 1));
+        t.push_str(&format!(
+            "[[nodes]]\nid = \"qps{i}\"\naddress = \"10.0.0.{}:443\"\n",
+            i + 1
+        ));
     }
     let c = lb_config::Config::from_toml(&t, Path::new(".")).unwrap();
     let tls = lb::tls::load(&c).unwrap();
-    Runtime::build(c, tls, None, &NodeRegistry::default(), RouteKey::new(b"bench-route-key-0123456789"), None)
+    Runtime::build(
+        c,
+        tls,
+        None,
+        &NodeRegistry::default(),
+        RouteKey::new(b"bench-route-key-0123456789"),
+        None,
+    )
 }
 
 fn guid(i: u64) -> String {
@@ -27,7 +38,11 @@ fn guid(i: u64) -> String {
 
 fn bench(c: &mut Criterion) {
     let now = lb::clock::now_ms();
-    for (n, strategy) in [(3, "round-robin"), (8, "round-robin"), (8, "least-connections")] {
+    for (n, strategy) in [
+        (3, "round-robin"),
+        (8, "round-robin"),
+        (8, "least-connections"),
+    ] {
         let rt = runtime(n, strategy);
         c.bench_function(&format!("select_new/{strategy}/{n}"), |b| {
             b.iter(|| black_box(rt.select_new(black_box(now), None)))
@@ -40,16 +55,27 @@ fn bench(c: &mut Criterion) {
     }
     let hit = guid(123_457);
     let miss = guid(9_999_999);
-    c.bench_function("sticky_lookup/hit_1M", |b| b.iter(|| black_box(table.lookup(black_box(hit.as_bytes())))));
-    c.bench_function("sticky_lookup/miss_1M", |b| b.iter(|| black_box(table.lookup(black_box(miss.as_bytes())))));
+    c.bench_function("sticky_lookup/hit_1M", |b| {
+        b.iter(|| black_box(table.lookup(black_box(hit.as_bytes()))))
+    });
+    c.bench_function("sticky_lookup/miss_1M", |b| {
+        b.iter(|| black_box(table.lookup(black_box(miss.as_bytes()))))
+    });
 
     let key = RouteKey::new(b"bench-route-key-0123456789");
     let value = key.value_for("qps3");
     let expected = value.clone().into_bytes();
     c.bench_function("route_cookie/check_prepared", |b| {
-        b.iter(|| black_box(route::matches(black_box(&expected), black_box(value.as_bytes()))))
+        b.iter(|| {
+            black_box(route::matches(
+                black_box(&expected),
+                black_box(value.as_bytes()),
+            ))
+        })
     });
-    c.bench_function("route_cookie/verify_hmac", |b| b.iter(|| black_box(key.verify(black_box(value.as_bytes())))));
+    c.bench_function("route_cookie/verify_hmac", |b| {
+        b.iter(|| black_box(key.verify(black_box(value.as_bytes()))))
+    });
 
     let header = format!(
         "_ga=GA1.2.3; X-Qlik-Session={}; QLB_ROUTE={value}; theme=dark",

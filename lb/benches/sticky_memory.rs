@@ -18,14 +18,25 @@ fn rss_kb() -> u64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    let n: u64 = std::env::var("SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let before = rss_kb();
     let table = StickyTable::new(n as usize, 3600);
     let mut value = String::with_capacity(36);
     for i in 0..n {
         value.clear();
         use std::fmt::Write;
-        let _ = write!(value, "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i as u32, (i >> 7) & 0xffff, i & 0xfff, (i >> 3) & 0xfff, i.wrapping_mul(0x9e37_79b9));
+        let _ = write!(
+            value,
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            i as u32,
+            (i >> 7) & 0xffff,
+            i & 0xfff,
+            (i >> 3) & 0xfff,
+            i.wrapping_mul(0x9e37_79b9)
+        );
         table.learn(value.as_bytes(), (i % 8) as u32);
     }
     let after = rss_kb();

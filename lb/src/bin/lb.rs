@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: fewer cycles per allocation than the system allocator on the request path, and
+/// freed memory goes back to the system, which keeps resident memory per idle tunnel low.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lb_config::Config;
 
 #[derive(Parser)]
@@ -83,10 +88,16 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        builder.worker_threads(config.server.worker_threads);
-    }
+    // One worker: the current-thread scheduler, without work-stealing overhead.
+    let mut builder = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if config.server.worker_threads > 0 {
+            b.worker_threads(config.server.worker_threads);
+        }
+        b
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use crate::clock;
 use crate::runtime::{NodeRt, Runtime, UpBody};
 use crate::server::Shared;
+use crate::sticky::table::SessionKey;
 use crate::sticky::{cookie, route, Decision};
 pub use error::ProxyError;
 
@@ -40,34 +41,55 @@ pub struct ConnInfo {
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// Where a request's pins point.
+/// Where a request's pins point. Read without allocating for GUID session values.
 struct Pins {
-    /// Position of the node a learned session names, and that session's value.
-    learned: Option<(Option<usize>, Bytes)>,
-    /// The route cookie's value, if present.
-    route: Option<Bytes>,
+    /// A learned session: the position of its node (None if no longer configured) and its key.
+    learned: Option<(Option<usize>, SessionKey)>,
+    route: RoutePin,
+}
+
+/// What the route cookie says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoutePin {
+    Absent,
+    /// Valid for the node at this position.
+    Valid(usize),
+    /// Validly signed for a node this configuration no longer has.
+    Removed,
+    /// Tampered or garbage: no pin.
+    Invalid,
 }
 
 fn read_pins(rt: &Runtime, shared: &Shared, headers: &http::HeaderMap) -> Pins {
     let mut pins = Pins {
         learned: None,
-        route: None,
+        route: RoutePin::Absent,
     };
     for v in headers.get_all(header::COOKIE) {
         for (name, value) in cookie::pairs(v.as_bytes()) {
             if *name == *rt.route_cookie {
-                if pins.route.is_none() {
-                    pins.route = Some(Bytes::copy_from_slice(value));
+                if pins.route == RoutePin::Absent {
+                    pins.route = route_pin(rt, value);
                 }
             } else if pins.learned.is_none() && !value.is_empty() && rt.session_names.matches(name)
             {
-                if let Some(idx) = shared.sticky.lookup(value) {
-                    pins.learned = Some((rt.pos_of_idx(idx), Bytes::copy_from_slice(value)));
+                let key = SessionKey::from_value(value);
+                if let Some(idx) = shared.sticky.lookup_key(&key) {
+                    pins.learned = Some((rt.pos_of_idx(idx), key));
                 }
             }
         }
     }
     pins
+}
+
+fn route_pin(rt: &Runtime, value: &[u8]) -> RoutePin {
+    match route::node_id_of(value).and_then(|id| rt.pos_of_id(id)) {
+        Some(pos) if route::matches(&rt.nodes[pos].route_value, value) => RoutePin::Valid(pos),
+        Some(_) => RoutePin::Invalid,
+        None if rt.route_key.verify(value).is_some() => RoutePin::Removed,
+        None => RoutePin::Invalid,
+    }
 }
 
 /// Removes the route cookie from the `Cookie` headers (the node never sees it).
@@ -221,19 +243,17 @@ async fn forward(
         }
     }
     let mut route_valid_for: Option<usize> = None;
-    if let Some(value) = &pins.route {
-        if let Some(pos) = route::node_id_of(value).and_then(|id| rt.pos_of_id(id)) {
-            if route::matches(&rt.nodes[pos].route_value, value) {
-                route_valid_for = Some(pos);
-                had_pin = true;
-                if chosen.is_none() && rt.nodes[pos].usable(now) {
-                    chosen = Some((pos, Decision::Cookie));
-                }
-            }
-        } else if rt.route_key.verify(value).is_some() {
-            // A valid pin to a node this configuration no longer has.
+    match pins.route {
+        RoutePin::Valid(pos) => {
+            route_valid_for = Some(pos);
             had_pin = true;
+            if chosen.is_none() && rt.nodes[pos].usable(now) {
+                chosen = Some((pos, Decision::Cookie));
+            }
         }
+        // A valid pin to a node this configuration no longer has.
+        RoutePin::Removed => had_pin = true,
+        RoutePin::Absent | RoutePin::Invalid => {}
     }
     let (mut pos, mut decision) = match chosen {
         Some(c) => c,
@@ -255,7 +275,7 @@ async fn forward(
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    if pins.route.is_some() {
+    if pins.route != RoutePin::Absent {
         strip_route_cookie(rt, &mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -488,15 +508,19 @@ fn head_size<B>(req: &Request<B>) -> usize {
 /// Passive health: an error answer counts towards taking the node out.
 fn passive_error(rt: &Runtime, node: &NodeRt) {
     let h = &rt.config.health;
-    node.state.note_error(h.passive_errors, h.passive_window.as_millis() as u64, rt.passive_fail_ms);
+    node.state.note_error(
+        h.passive_errors,
+        h.passive_window.as_millis() as u64,
+        rt.passive_fail_ms,
+    );
 }
 
 /// A pinned request went to another node: count it and move the learned pin.
 fn redispatched(shared: &Shared, rt: &Runtime, pos: usize, pins: &Pins) {
     let n = &rt.nodes[pos];
     n.state.redispatches_total.fetch_add(1, Ordering::Relaxed);
-    if let Some((_, value)) = &pins.learned {
-        shared.sticky.learn(value, n.state.idx);
+    if let Some((_, key)) = &pins.learned {
+        shared.sticky.learn_key(key.clone(), n.state.idx);
     }
 }
 
@@ -510,8 +534,8 @@ fn learn(shared: &Shared, rt: &Runtime, node: &NodeRt, headers: &http::HeaderMap
             continue;
         }
         if c.removes {
-            if let Some((_, value)) = &pins.learned {
-                shared.sticky.forget(value);
+            if let Some((_, key)) = &pins.learned {
+                shared.sticky.forget_key(key);
             }
         } else {
             shared.sticky.learn(c.value, node.state.idx);

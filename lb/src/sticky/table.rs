@@ -105,20 +105,24 @@ impl StickyTable {
 
     /// Records (or moves) a session to a node. Returns the node it was on before, if any.
     pub fn learn(&self, value: &[u8], node: u32) -> Option<u32> {
+        self.learn_key(SessionKey::from_value(value), node)
+    }
+
+    pub fn learn_key(&self, key: SessionKey, node: u32) -> Option<u32> {
         let e = Entry {
             node,
             last_seen: AtomicU32::new(clock::now_secs()),
         };
-        self.map
-            .insert(SessionKey::from_value(value), e)
-            .map(|old| old.node)
+        self.map.insert(key, e).map(|old| old.node)
     }
 
     /// Forgets a session (the node removed its cookie). Returns its node.
     pub fn forget(&self, value: &[u8]) -> Option<u32> {
-        self.map
-            .remove(&SessionKey::from_value(value))
-            .map(|(_, e)| e.node)
+        self.forget_key(&SessionKey::from_value(value))
+    }
+
+    pub fn forget_key(&self, key: &SessionKey) -> Option<u32> {
+        self.map.remove(key).map(|(_, e)| e.node)
     }
 
     pub fn len(&self) -> usize {

@@ -266,7 +266,10 @@ mod tests {
         assert!(!n.note_error(3, 60_000, 60_000));
         assert!(!n.note_error(3, 60_000, 60_000));
         assert!(n.usable(clock::now_ms()));
-        assert!(n.note_error(3, 60_000, 60_000), "third error within the window");
+        assert!(
+            n.note_error(3, 60_000, 60_000),
+            "third error within the window"
+        );
         assert!(!n.usable(clock::now_ms()));
         assert!(n.passively_down(clock::now_ms()));
         // Disabled: never out.
