@@ -390,6 +390,93 @@ struct DemoOpts {
     show_lb_output: bool,
 }
 
+/// The module API of `deploy/examples/local.toml`.
+const MODULE_API: &str = "127.0.0.1:18002";
+
+/// Asks the balancer's Qlik load balancing module to rank the three simulated engines; the
+/// answer as node names, most preferred first.
+async fn module_order(cluster: &SimCluster) -> Option<Vec<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let engines: Vec<String> = cluster
+        .addrs()
+        .iter()
+        .map(|a| format!("wss://{a}"))
+        .collect();
+    let body = serde_json::json!({"AppName": "demo-app", "QlikSenseEngines": engines}).to_string();
+    let mut s = tokio::net::TcpStream::connect(MODULE_API).await.ok()?;
+    let req = format!(
+        "POST /loadbalancing/prioritize HTTP/1.1\r\nHost: {MODULE_API}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let json: serde_json::Value = serde_json::from_str(&text[text.find("\r\n\r\n")? + 4..]).ok()?;
+    let names = json["QlikSenseEngines"]
+        .as_array()?
+        .iter()
+        .map(|e| {
+            let e = e.as_str().unwrap_or_default();
+            cluster
+                .nodes()
+                .iter()
+                .find(|n| e.ends_with(&n.addr().to_string()))
+                .map_or_else(|| e.to_string(), |n| n.name().to_string())
+        })
+        .collect();
+    Some(names)
+}
+
+/// Shows the module API's engine ranking following the engines' live telemetry.
+async fn show_ranking(cluster: &SimCluster) {
+    use lb_bench::sim::EngineTelemetry;
+    let Some(before) = module_order(cluster).await else {
+        println!("module API not reachable on {MODULE_API}: ranking demo skipped");
+        return;
+    };
+    println!("Qlik load balancing module on {MODULE_API} (engines ranked from live telemetry):");
+    println!(
+        "  all engines idle:                       {}",
+        before.join(" > ")
+    );
+    cluster.node(0).set_telemetry(EngineTelemetry {
+        cpu: 70.0,
+        mem_free_mb: 6_000.0,
+        active_sessions: 40,
+        ..EngineTelemetry::default()
+    });
+    cluster.node(1).set_telemetry(EngineTelemetry {
+        cpu: 96.0,
+        mem_free_mb: 1_500.0,
+        saturated: Some(true),
+        ..EngineTelemetry::default()
+    });
+    let want = ["node3", "node1", "node2"];
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut after = before;
+    while Instant::now() < deadline {
+        if let Some(o) = module_order(cluster).await {
+            after = o;
+            if after == want {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "  node1 busy (70% CPU), node2 saturated:   {}",
+        after.join(" > ")
+    );
+    for n in cluster.nodes() {
+        n.set_telemetry(EngineTelemetry::default());
+    }
+}
+
 fn log_tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -472,6 +559,9 @@ async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
         opts.duration.as_secs_f64()
     );
     let result = scenario::run(Scenario::Qlik, &opts).await;
+    if result.is_ok() {
+        show_ranking(&cluster).await;
+    }
     stop_child(&mut child);
     let report = result?;
     finish(&report, json.as_deref())?;
