@@ -430,7 +430,10 @@ async fn assert_token_required(admin: SocketAddr) {
         }
     }
     // Readiness says only yes or no: a load balancer in front asks without a token.
-    assert_eq!(call(admin, Method::GET, "/ready", None).await.status, StatusCode::OK);
+    assert_eq!(
+        call(admin, Method::GET, "/ready", None).await.status,
+        StatusCode::OK
+    );
     let a = call(admin, Method::GET, "/status", Some(TOKEN)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(

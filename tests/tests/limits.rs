@@ -24,7 +24,9 @@ const WS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Ver
 
 #[tokio::test]
 async fn host_and_websocket_origin_allow_lists() {
-    let sim = SimCluster::start(1, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
     let lb = start_lb(
         &sim.addrs(),
         "[listener]\nallowed_hosts = [\"qlik.example.com\", \"*.corp.example\"]\n\
@@ -32,7 +34,8 @@ async fn host_and_websocket_origin_allow_lists() {
     )
     .await;
     let a = lb.proxy_addr();
-    let get = |host: &str| format!("GET /hub HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let get =
+        |host: &str| format!("GET /hub HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&raw(a, &get("qlik.example.com")).await), 200);
     assert_eq!(status(&raw(a, &get("QLIK.example.com:443")).await), 200);
     assert_eq!(status(&raw(a, &get("bi.corp.example")).await), 200);
@@ -44,11 +47,16 @@ async fn host_and_websocket_origin_allow_lists() {
     let login = raw(a, &get("qlik.example.com")).await;
     let cookie = login
         .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: X-Qlik-Session=").or_else(|| l.strip_prefix("Set-Cookie: X-Qlik-Session=")))
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: X-Qlik-Session=")
+                .or_else(|| l.strip_prefix("Set-Cookie: X-Qlik-Session="))
+        })
         .map(|v| v.split(';').next().unwrap().to_string())
         .unwrap();
     let up = |origin: Option<&str>| {
-        let o = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        let o = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
         format!("GET /app/x HTTP/1.1\r\nHost: qlik.example.com\r\n{WS}{o}Cookie: X-Qlik-Session={cookie}\r\n\r\n")
     };
     let first_line = |r: String| r.lines().next().unwrap_or("").to_string();
@@ -62,16 +70,26 @@ async fn host_and_websocket_origin_allow_lists() {
         let mut s = TcpStream::connect(a).await.unwrap();
         s.write_all(up(origin).as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        assert_eq!(status(&text), want, "origin {origin:?}: {}", first_line(text.clone()));
+        assert_eq!(
+            status(&text),
+            want,
+            "origin {origin:?}: {}",
+            first_line(text.clone())
+        );
     }
     lb.shutdown().await;
 }
 
 #[tokio::test]
 async fn body_limit_answers_413() {
-    let sim = SimCluster::start(1, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
     let lb = start_lb(&sim.addrs(), "[listener]\nmax_body_bytes = 1000\n").await;
     let a = lb.proxy_addr();
     let small = format!("POST /_sim/upload HTTP/1.1\r\nHost: q\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{}", "x".repeat(10));
@@ -85,29 +103,46 @@ async fn body_limit_answers_413() {
     }
     chunked.push_str("0\r\n\r\n");
     let resp = raw(a, &chunked).await;
-    assert!(!resp.contains("\"bytes\":2000"), "the whole body got through: {resp}");
+    assert!(
+        !resp.contains("\"bytes\":2000"),
+        "the whole body got through: {resp}"
+    );
     lb.shutdown().await;
 }
 
 #[tokio::test]
 async fn connection_limits_answer_and_the_listener_stays_responsive() {
-    let sim = SimCluster::start(1, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
     let lb = start_lb(&sim.addrs(), "[listener]\nmax_connections_per_client = 5\n").await;
     let a = lb.proxy_addr();
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut s = TcpStream::connect(a).await.unwrap();
-        s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.unwrap();
         held.push(s);
     }
-    assert_eq!(status(&raw(a, "GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await), 429);
+    assert_eq!(
+        status(&raw(a, "GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await),
+        429
+    );
     drop(held);
     // Slots come back once those connections close.
     let mut ok = false;
     for _ in 0..100 {
-        if status(&raw(a, "GET /hub HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n").await) == 200 {
+        if status(
+            &raw(
+                a,
+                "GET /hub HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n",
+            )
+            .await,
+        ) == 200
+        {
             ok = true;
             break;
         }
@@ -121,19 +156,26 @@ async fn connection_limits_answer_and_the_listener_stays_responsive() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(a).await.unwrap();
-        s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.unwrap();
         held.push(s);
     }
-    assert_eq!(status(&raw(a, "GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await), 503);
+    assert_eq!(
+        status(&raw(a, "GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await),
+        503
+    );
     drop(held);
     lb.shutdown().await;
 }
 
 #[tokio::test]
 async fn untrusted_forwarded_headers_are_replaced() {
-    let sim = SimCluster::start(1, 0, SimOptions::default()).await.unwrap();
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
     let lb = start_lb(&sim.addrs(), "").await;
     let resp = raw(
         lb.proxy_addr(),
@@ -141,9 +183,15 @@ async fn untrusted_forwarded_headers_are_replaced() {
          X-Forwarded-Host: spoofed\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(resp.contains("\"x-forwarded-for\":[\"127.0.0.1\"]"), "{resp}");
+    assert!(
+        resp.contains("\"x-forwarded-for\":[\"127.0.0.1\"]"),
+        "{resp}"
+    );
     assert!(resp.contains("\"x-forwarded-proto\":[\"http\"]"), "{resp}");
     assert!(resp.contains("\"x-forwarded-host\":[\"q\"]"), "{resp}");
-    assert!(!resp.contains("6.6.6.6") && !resp.contains("spoofed"), "{resp}");
+    assert!(
+        !resp.contains("6.6.6.6") && !resp.contains("spoofed"),
+        "{resp}"
+    );
     lb.shutdown().await;
 }
