@@ -705,8 +705,7 @@ pub fn spawn_tunnel(
     let node_rt = &rt.nodes[pos];
     let state = node_rt.state.clone();
     let idle = rt.config.websocket.idle_timeout;
-    let close = state.tunnels_token().child_token();
-    let all = shared.tunnels_close.clone();
+    let close = state.tunnels_token();
     let shared = shared.clone();
     shared.clone().tunnels.spawn(async move {
         let (c, n) = match tokio::try_join!(client, node) {
@@ -720,15 +719,7 @@ pub fn spawn_tunnel(
         shared.open_tunnels.fetch_add(1, Ordering::Relaxed);
         shared.m_open_tunnels.increment(1.0);
         let counts = tunnel::Counts::default();
-        let watch_all = async {
-            all.cancelled().await;
-            close.cancel();
-            std::future::pending::<()>().await
-        };
-        let end = tokio::select! {
-            end = tunnel::splice(c, n, idle, &close, &counts) => end,
-            _ = watch_all => unreachable!("pending never completes"),
-        };
+        let end = tunnel::splice(c, n, idle, &close, &shared.tunnels_close, &counts).await;
         let to_node = counts.to_node.load(Ordering::Relaxed);
         let to_client = counts.to_client.load(Ordering::Relaxed);
         shared.m_ws_bytes_to_node.increment(to_node);

@@ -19,7 +19,6 @@ use hyper::upgrade::Upgraded;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -58,18 +57,34 @@ pub struct Counts {
 }
 
 /// Splices the two upgraded connections until the tunnel ends.
+/// `close` and `close_all` both end the tunnel: the node's own token (removed past its drain
+/// deadline) and the balancer's (shutdown).
 pub async fn splice(
     client: Upgraded,
     node: Upgraded,
     idle: Duration,
     close: &CancellationToken,
+    close_all: &CancellationToken,
     counts: &Counts,
 ) -> End {
+    let closing = Closing(close, close_all);
     match (client_side(client), node_side(node)) {
         (Side::Tcp(c, cpre), Side::Tcp(n, npre)) => {
-            splice_tcp(c, cpre, n, npre, idle, close, counts).await
+            splice_tcp(c, cpre, n, npre, idle, &closing, counts).await
         }
-        (c, n) => splice_generic(c.boxed(), n.boxed(), idle, close, counts).await,
+        (c, n) => splice_generic(c.boxed(), n.boxed(), idle, &closing, counts).await,
+    }
+}
+
+/// The two ways a tunnel is told to close.
+struct Closing<'a>(&'a CancellationToken, &'a CancellationToken);
+
+impl Closing<'_> {
+    async fn cancelled(&self) {
+        tokio::select! {
+            _ = self.0.cancelled() => {}
+            _ = self.1.cancelled() => {}
+        }
     }
 }
 
@@ -115,32 +130,176 @@ fn node_side(u: Upgraded) -> Side {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
+/// The plain TCP splice: one loop in one small future (an idle tunnel's whole cost is this
+/// future, two registered sockets and their kernel buffers). It waits for readiness of either
+/// socket without a buffer, and borrows one only while bytes flow.
 async fn splice_tcp(
     client: TcpStream,
     client_pre: Bytes,
     node: TcpStream,
     node_pre: Bytes,
     idle: Duration,
-    close: &CancellationToken,
+    closing: &Closing<'_>,
     counts: &Counts,
 ) -> End {
-    let last = AtomicU64::new(clock::now_ms());
-    let stop = close.child_token();
-    let (cr, cw) = client.into_split();
-    let (nr, nw) = node.into_split();
-    let up = pump(cr, nw, client_pre, &last, &counts.to_node, &stop, false);
-    let down = pump(nr, cw, node_pre, &last, &counts.to_client, &stop, true);
-    let both = both_with_linger(up, down);
-    tokio::pin!(both);
-    let end = tokio::select! {
-        _ = &mut both => return End::Closed,
-        _ = idle_watch(&last, idle) => End::Idle,
-        _ = close.cancelled() => End::Closing,
-    };
-    // Let the pumps write their close frame, for a bounded time.
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(1), &mut both).await;
-    end
+    let mut frames = FrameTracker::default();
+    // Bytes hyper read past the upgrade go first; then `pre` (which shares hyper's whole read
+    // buffer) is let go at once.
+    if !client_pre.is_empty() && write_all(&node, &client_pre, idle).await.is_err() {
+        return End::Closed;
+    }
+    counts
+        .to_node
+        .fetch_add(client_pre.len() as u64, Ordering::Relaxed);
+    drop(client_pre);
+    frames.feed(&node_pre);
+    if !node_pre.is_empty() && write_all(&client, &node_pre, idle).await.is_err() {
+        return End::Closed;
+    }
+    counts
+        .to_client
+        .fetch_add(node_pre.len() as u64, Ordering::Relaxed);
+    drop(node_pre);
+
+    let (mut up_open, mut down_open) = (true, true);
+    let mut last = clock::now_ms();
+    let mut linger_until: Option<u64> = None;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => {
+                // A close frame (1001) when the node-to-client stream is at a frame boundary.
+                if frames.at_boundary() {
+                    let _ = client.try_write(&CLOSE_GOING_AWAY);
+                }
+                return End::Closing;
+            }
+            r = client.readable(), if up_open => {
+                if r.is_err() {
+                    return End::Closed;
+                }
+                match transfer(&client, &node, None, idle).await {
+                    Moved::Some(n) => {
+                        counts.to_node.fetch_add(n, Ordering::Relaxed);
+                        last = clock::now_ms();
+                    }
+                    Moved::Eof => {
+                        up_open = false;
+                        let _ = socket2::SockRef::from(&node).shutdown(std::net::Shutdown::Write);
+                    }
+                    Moved::Failed => return End::Closed,
+                }
+            }
+            r = node.readable(), if down_open => {
+                if r.is_err() {
+                    return End::Closed;
+                }
+                match transfer(&node, &client, Some(&mut frames), idle).await {
+                    Moved::Some(n) => {
+                        counts.to_client.fetch_add(n, Ordering::Relaxed);
+                        last = clock::now_ms();
+                    }
+                    Moved::Eof => {
+                        down_open = false;
+                        let _ = socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write);
+                    }
+                    Moved::Failed => return End::Closed,
+                }
+            }
+            _ = &mut timer => {
+                let now = clock::now_ms();
+                if linger_until.is_some_and(|t| now >= t) {
+                    return End::Closed;
+                }
+                let idle_at = last + idle.as_millis() as u64;
+                if now >= idle_at {
+                    if frames.at_boundary() {
+                        let _ = client.try_write(&CLOSE_GOING_AWAY);
+                    }
+                    return End::Idle;
+                }
+                let next = linger_until.map_or(idle_at, |t| t.min(idle_at));
+                timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(next - now));
+            }
+        }
+        if !up_open && !down_open {
+            return End::Closed;
+        }
+        if (!up_open || !down_open) && linger_until.is_none() {
+            // One side is done: the other gets FIN_LINGER to follow.
+            let t = clock::now_ms() + FIN_LINGER.as_millis() as u64;
+            linger_until = Some(t);
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + FIN_LINGER);
+        }
+    }
+}
+
+enum Moved {
+    Some(u64),
+    Eof,
+    Failed,
+}
+
+/// Moves what `src` has ready to `dst`, until `src` would block.
+async fn transfer(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mut frames: Option<&mut FrameTracker>,
+    idle: Duration,
+) -> Moved {
+    let mut buf = Vec::with_capacity(BUF);
+    let mut moved = 0u64;
+    loop {
+        buf.clear();
+        match src.try_read_buf(&mut buf) {
+            Ok(0) => {
+                return if moved > 0 {
+                    Moved::Some(moved)
+                } else {
+                    Moved::Eof
+                }
+            }
+            Ok(n) => {
+                if let Some(f) = frames.as_deref_mut() {
+                    f.feed(&buf[..n]);
+                }
+                if write_all(dst, &buf[..n], idle).await.is_err() {
+                    return Moved::Failed;
+                }
+                moved += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return if moved > 0 {
+                    Moved::Some(moved)
+                } else {
+                    Moved::Some(0)
+                };
+            }
+            Err(_) => return Moved::Failed,
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for the peer to read at most `idle` at a time.
+async fn write_all(dst: &TcpStream, mut data: &[u8], idle: Duration) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(idle, dst.writable())
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
+                    })??;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// How long one direction may go on after the other has ended (HAProxy's `timeout
@@ -154,60 +313,6 @@ async fn both_with_linger<A: std::future::Future, B: std::future::Future>(a: A, 
     tokio::select! {
         _ = &mut a => { let _ = tokio::time::timeout(FIN_LINGER, b).await; }
         _ = &mut b => { let _ = tokio::time::timeout(FIN_LINGER, a).await; }
-    }
-}
-
-/// Copies `r` to `w` until `r` ends, then half-closes `w`. Borrows a buffer only while data
-/// is flowing. When `stop` fires, the node-to-client direction (`to_client`) sends a WebSocket
-/// close frame (1001) if the stream is at a frame boundary, and both directions end.
-async fn pump(
-    r: OwnedReadHalf,
-    mut w: OwnedWriteHalf,
-    pre: Bytes,
-    last: &AtomicU64,
-    count: &AtomicU64,
-    stop: &CancellationToken,
-    to_client: bool,
-) -> io::Result<()> {
-    let mut frames = FrameTracker::default();
-    if !pre.is_empty() {
-        frames.feed(&pre);
-        w.write_all(&pre).await?;
-        count.fetch_add(pre.len() as u64, Ordering::Relaxed);
-    }
-    // `pre` shares hyper's whole read buffer: let it go now, not when the tunnel ends.
-    drop(pre);
-    loop {
-        tokio::select! {
-            r = r.readable() => r?,
-            _ = stop.cancelled() => {
-                if to_client && frames.at_boundary() {
-                    let _ = w.write_all(&CLOSE_GOING_AWAY).await;
-                }
-                let _ = w.shutdown().await;
-                return Ok(());
-            }
-        }
-        let mut buf = Vec::with_capacity(BUF);
-        loop {
-            buf.clear();
-            match r.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    let _ = w.shutdown().await;
-                    return Ok(());
-                }
-                Ok(n) => {
-                    last.store(clock::now_ms(), Ordering::Relaxed);
-                    if to_client {
-                        frames.feed(&buf[..n]);
-                    }
-                    w.write_all(&buf[..n]).await?;
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 
@@ -293,7 +398,7 @@ async fn splice_generic(
     client: Box<dyn Io>,
     node: Box<dyn Io>,
     idle: Duration,
-    close: &CancellationToken,
+    closing: &Closing<'_>,
     counts: &Counts,
 ) -> End {
     let last = AtomicU64::new(clock::now_ms());
@@ -305,7 +410,7 @@ async fn splice_generic(
     tokio::select! {
         _ = both => End::Closed,
         _ = idle_watch(&last, idle) => End::Idle,
-        _ = close.cancelled() => End::Closing,
+        _ = closing.cancelled() => End::Closing,
     }
 }
 
