@@ -491,13 +491,10 @@ impl Validator<'_> {
             (Some(k), None) => Some(k.trim().as_bytes().to_vec()),
             (None, Some(p)) => {
                 let p = self.base_dir.join(p);
-                match std::fs::read(&p) {
+                match read_small_file(&p, 4096) {
                     Ok(k) => Some(trim_bytes(&k).to_vec()),
                     Err(e) => {
-                        self.err(
-                            "sticky.route_key_file",
-                            format!("cannot read {}: {e}", p.display()),
-                        );
+                        self.err("sticky.route_key_file", e);
                         None
                     }
                 }
@@ -746,6 +743,24 @@ impl Validator<'_> {
     }
 }
 
+/// Reads a regular file of at most `max` bytes (a key file): a FIFO, a device or a huge file
+/// is an error, not a hang.
+fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", p.display()));
+    }
+    if meta.len() > max {
+        return Err(format!("{} is larger than {max} bytes", p.display()));
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(max).read_to_end(&mut out))
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    Ok(out)
+}
+
 /// `"200"` or `"200-399"` as an inclusive range.
 fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
@@ -881,6 +896,36 @@ mod tests {
         assert_eq!(e.0[0].path, "admin.token");
         let e = parse("[listener]\naddress = \"127.0.0.1:1\"\n").unwrap_err();
         assert_eq!(e.0[0].path, "nodes");
+    }
+
+    #[test]
+    fn route_key_file_must_be_a_small_regular_file() {
+        let e = parse(&format!(
+            "{MIN}\n[sticky]\nroute_key_file = \"/dev/zero\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.0[0].path, "sticky.route_key_file");
+        assert!(e.0[0].message.contains("not a regular file"), "{e}");
+        let dir = std::env::temp_dir().join(format!("lb-config-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "  0123456789abcdef0123  \n").unwrap();
+        let c = Config::from_toml(
+            &format!("{MIN}\n[sticky]\nroute_key_file = \"key\"\n"),
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(
+            c.sticky.route_key.as_deref(),
+            Some(&b"0123456789abcdef0123"[..])
+        );
+        std::fs::write(dir.join("key"), vec![b'k'; 5000]).unwrap();
+        let e = Config::from_toml(
+            &format!("{MIN}\n[sticky]\nroute_key_file = \"key\"\n"),
+            &dir,
+        )
+        .unwrap_err();
+        assert!(e.0[0].message.contains("larger than"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -706,8 +706,9 @@ pub fn spawn_tunnel(
     let state = node_rt.state.clone();
     let idle = rt.config.websocket.idle_timeout;
     let close = state.tunnels_token();
+    let tracker = shared.tunnels.clone();
     let shared = shared.clone();
-    shared.clone().tunnels.spawn(async move {
+    let fut = async move {
         let (c, n) = match tokio::try_join!(client, node) {
             Ok(x) => x,
             Err(e) => {
@@ -729,7 +730,8 @@ pub fn spawn_tunnel(
         shared.m_open_tunnels.decrement(1.0);
         metrics::counter!("lb_websockets_closed_total", "reason" => end.as_str()).increment(1);
         tracing::debug!(node = %state.id, end = end.as_str(), to_node, to_client, "websocket closed");
-    });
+    };
+    tracker.spawn(fut);
 }
 
 /// `upstream.insecure_skip_verify` is loud at every start and reload.

@@ -116,7 +116,11 @@ pub fn server_config(t: &lb_config::Tls) -> Result<Arc<ServerConfig>, String> {
 }
 
 /// The client configuration for HTTPS nodes.
-pub fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(
+    ca_file: Option<&Path>,
+    insecure: bool,
+    system_roots: bool,
+) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| e.to_string())?;
@@ -135,12 +139,14 @@ pub fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<Arc<Clien
                         .map_err(|e| format!("{}: invalid CA certificate: {e}", ca.display()))?;
                 }
             }
-            None => {
+            // The system roots are read only when an HTTPS node needs them.
+            None if system_roots => {
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
                     let _ = roots.add(c);
                 }
             }
+            None => {}
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
@@ -226,6 +232,7 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
     let upstream = client_config(
         c.upstream.ca_file.as_deref(),
         c.upstream.insecure_skip_verify,
+        c.nodes.iter().any(|n| n.tls),
     )
     .map_err(|e| err("upstream.ca_file", e))
     .ok();

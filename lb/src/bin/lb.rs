@@ -5,10 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: fewer cycles per allocation than the system allocator on the request path, and
-/// freed memory goes back to the system, which keeps resident memory per idle tunnel low.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lb_config::Config;
 
 #[derive(Parser)]

@@ -92,11 +92,14 @@ impl Closing<'_> {
 enum Side {
     Tcp(TcpStream, Bytes),
     Other(Box<dyn Io>),
+    /// The socket could not be taken over: the tunnel ends at once.
+    Broken,
 }
 
 impl Side {
     fn boxed(self) -> Box<dyn Io> {
         match self {
+            Side::Broken => Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
             Side::Tcp(io, pre) => Box::new(Prefixed {
                 pre: if pre.is_empty() { Bytes::new() } else { pre },
                 io,
@@ -108,15 +111,29 @@ impl Side {
 
 fn client_side(u: Upgraded) -> Side {
     match u.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => Side::Tcp(p.io.into_inner(), p.read_buf),
+        Ok(p) => tcp_side(p.io.into_inner(), p.read_buf),
         Err(u) => Side::Other(Box::new(TokioIo::new(u))),
+    }
+}
+
+/// A fresh reactor registration for a socket taken over from hyper. The old one may still hold
+/// the waker of the HTTP connection task that owned the socket (a write interest the tunnel
+/// never replaces), which keeps that whole finished task in memory for the tunnel's lifetime.
+fn tcp_side(s: TcpStream, pre: Bytes) -> Side {
+    let fresh = s.into_std().and_then(TcpStream::from_std);
+    match fresh {
+        Ok(s) => Side::Tcp(s, pre),
+        Err(e) => {
+            tracing::debug!("cannot re-register a tunnel socket: {e}");
+            Side::Broken
+        }
     }
 }
 
 fn node_side(u: Upgraded) -> Side {
     match u.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
         Ok(p) => match p.io {
-            MaybeHttpsStream::Http(io) => Side::Tcp(io.into_inner(), p.read_buf),
+            MaybeHttpsStream::Http(io) => tcp_side(io.into_inner(), p.read_buf),
             MaybeHttpsStream::Https(tls) => Side::Other(Box::new(Prefixed {
                 pre: p.read_buf,
                 io: tls.into_inner(),
