@@ -81,5 +81,50 @@ fn bench_prioritize(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_rank, bench_prioritize);
+/// Per-call latency distribution of the whole in-process prioritize call for 8 engines (the
+/// target is a p99 under 100 us): 20,000 timed calls, printed as percentiles.
+fn prioritize_percentiles(_: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut source = StaticEngineSource::new(RankPolicy::default());
+    let mut engines = Vec::new();
+    for (i, v) in views(8).into_iter().enumerate() {
+        let host = format!("node{i}.example.com");
+        engines.push(format!("wss://{host}:4747"));
+        source.insert(&host, 4747, v);
+    }
+    let app = router(Arc::new(source), "/", RouterOptions::default());
+    let body = serde_json::json!({"AppName": APP, "QlikSenseEngines": engines}).to_string();
+    let mut times = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t = std::time::Instant::now();
+        rt.block_on(async {
+            let req = Request::post("/loadbalancing/prioritize")
+                .header("content-type", "application/json")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            black_box(resp.into_body().collect().await.unwrap().to_bytes())
+        });
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "prioritize_router_oneshot/8 per call over {} calls: p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        times.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        times[times.len() - 1]
+    );
+}
+
+criterion_group!(
+    benches,
+    bench_rank,
+    bench_prioritize,
+    prioritize_percentiles
+);
 criterion_main!(benches);

@@ -198,10 +198,18 @@ async fn untrusted_forwarded_headers_are_replaced() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
-    let sim = SimCluster::start(1, 0, SimOptions::default()).await.unwrap();
-    let lb = start_lb(&sim.addrs(), "[listener]\nheader_read_timeout = \"300ms\"\n").await;
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
+    let lb = start_lb(
+        &sim.addrs(),
+        "[listener]\nheader_read_timeout = \"300ms\"\n",
+    )
+    .await;
     let mut s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
-    s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /hub HTTP/1.1\r\nHost: q\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
