@@ -54,10 +54,8 @@ fn bench_rank(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_prioritize(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+/// A router over 8 engines and a prioritize body naming them.
+fn prioritize_setup() -> (axum::Router, String) {
     let mut source = StaticEngineSource::new(RankPolicy::default());
     let mut engines = Vec::new();
     for (i, v) in views(8).into_iter().enumerate() {
@@ -67,17 +65,28 @@ fn bench_prioritize(c: &mut Criterion) {
     }
     let app = router(Arc::new(source), "/", RouterOptions::default());
     let body = serde_json::json!({"AppName": APP, "QlikSenseEngines": engines}).to_string();
+    (app, body)
+}
+
+/// One whole prioritize call through the router, in process.
+fn prioritize_once(rt: &tokio::runtime::Runtime, app: &axum::Router, body: &str) {
+    rt.block_on(async {
+        let req = Request::post("/loadbalancing/prioritize")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        black_box(resp.into_body().collect().await.unwrap().to_bytes())
+    });
+}
+
+fn bench_prioritize(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (app, body) = prioritize_setup();
     c.bench_function("prioritize_router_oneshot/8", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let req = Request::post("/loadbalancing/prioritize")
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.clone()))
-                    .unwrap();
-                let resp = app.clone().oneshot(req).await.unwrap();
-                black_box(resp.into_body().collect().await.unwrap().to_bytes())
-            })
-        })
+        b.iter(|| prioritize_once(&rt, &app, &body))
     });
 }
 
@@ -87,26 +96,11 @@ fn prioritize_percentiles(_: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let mut source = StaticEngineSource::new(RankPolicy::default());
-    let mut engines = Vec::new();
-    for (i, v) in views(8).into_iter().enumerate() {
-        let host = format!("node{i}.example.com");
-        engines.push(format!("wss://{host}:4747"));
-        source.insert(&host, 4747, v);
-    }
-    let app = router(Arc::new(source), "/", RouterOptions::default());
-    let body = serde_json::json!({"AppName": APP, "QlikSenseEngines": engines}).to_string();
+    let (app, body) = prioritize_setup();
     let mut times = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
         let t = std::time::Instant::now();
-        rt.block_on(async {
-            let req = Request::post("/loadbalancing/prioritize")
-                .header("content-type", "application/json")
-                .body(Body::from(body.clone()))
-                .unwrap();
-            let resp = app.clone().oneshot(req).await.unwrap();
-            black_box(resp.into_body().collect().await.unwrap().to_bytes())
-        });
+        prioritize_once(&rt, &app, &body);
         times.push(t.elapsed());
     }
     times.sort();

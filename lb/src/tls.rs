@@ -157,7 +157,7 @@ pub fn client_config(
 
 /// `upstream.insecure_skip_verify`: accepts any certificate (signatures are still checked).
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
+pub(crate) struct AcceptAny(pub(crate) Arc<CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(

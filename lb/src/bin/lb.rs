@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use lb_config::Config;
-
 #[derive(Parser)]
 #[command(
     name = "lb",
@@ -49,18 +47,20 @@ fn check(path: &std::path::Path) -> ExitCode {
             print!("{}", lb::summary(&cfg));
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!(
-                "{}: configuration has {} error(s):",
-                path.display(),
-                errors.0.len()
-            );
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(errors) => print_errors(path, &errors),
     }
+}
+
+fn print_errors(path: &std::path::Path, errors: &lb_config::ConfigErrors) -> ExitCode {
+    eprintln!(
+        "{}: configuration has {} error(s):",
+        path.display(),
+        errors.0.len()
+    );
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::FAILURE
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -70,19 +70,9 @@ fn run(path: &std::path::Path) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = match Config::from_file(path) {
+    let config = match lb::check_config(path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!(
-                "{}: configuration has {} error(s):",
-                path.display(),
-                errors.0.len()
-            );
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return print_errors(path, &errors),
     };
     // One worker: the current-thread scheduler, without work-stealing overhead.
     let mut builder = if config.server.worker_threads == 1 {

@@ -8,11 +8,9 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{TelemetryError, TlsClientFiles};
 
@@ -24,10 +22,7 @@ pub(super) fn client_config(
     let mut fingerprint = DefaultHasher::new();
     files.insecure_skip_verify.hash(&mut fingerprint);
 
-    let provider = match CryptoProvider::get_default() {
-        Some(p) => p.clone(),
-        None => Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-    };
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TelemetryError::Tls(e.to_string()))?;
@@ -35,7 +30,7 @@ pub(super) fn client_config(
     let builder = if files.insecure_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_custom_certificate_verifier(Arc::new(crate::tls::AcceptAny(provider)))
     } else {
         let Some(ca_file) = &files.ca_file else {
             return Err(TelemetryError::Tls(
@@ -98,54 +93,4 @@ fn read(path: &Path) -> Result<Vec<u8>, TelemetryError> {
 
 fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> TelemetryError {
     TelemetryError::Tls(format!("{}: {e}", path.display()))
-}
-
-/// Accepts any server certificate (signatures are still checked). Only with
-/// `insecure_skip_verify`.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
