@@ -435,8 +435,9 @@ async fn node_killed_under_websockets_users_are_repinned() {
 // ---------------------------------------------------------------------------------------------
 
 /// `response_timeout` bounds every request to a hung node (504); active health checks then take
-/// the node down and its users are redispatched. A 504 does not mark a node down passively
-/// (`passive_fail_timeout` is about connection failures): the active checks do.
+/// the node down and its users are redispatched. A few 504s do not mark a node down passively
+/// (that takes `health.passive_errors` of them within `health.passive_window`): the active
+/// checks do here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_node_gives_504_in_bound_then_users_move() {
     watch_panics();
@@ -556,9 +557,9 @@ async fn hung_node_gives_504_in_bound_then_users_move() {
     lb.shutdown().await;
 }
 
-/// Without active checks, nothing takes a hung node out of rotation (a timeout is not a
-/// connection failure): every request still ends within `response_timeout` with a 504 or an
-/// answer of a live node.
+/// Without active checks, only `health.passive_errors` timeouts within `health.passive_window`
+/// would take a hung node out of rotation; before that, every request still ends within
+/// `response_timeout` with a 504 or an answer of a live node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_node_without_active_checks_still_answers_in_bound() {
     watch_panics();
