@@ -257,7 +257,11 @@ mod tests {
             t.learn(format!("new{i}").as_bytes(), 1);
             // Seen later than the old ones, whatever the clock says now.
             let key = SessionKey::from_value(format!("new{i}").as_bytes());
-            t.map.get(&key).unwrap().last_seen.store(10, Ordering::Relaxed);
+            t.map
+                .get(&key)
+                .unwrap()
+                .last_seen
+                .store(10, Ordering::Relaxed);
         }
         assert!(t.over_limit());
         let (_, evicted) = t.sweep_at(20);
