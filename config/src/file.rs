@@ -339,4 +339,6 @@ pub struct NodeFile {
     pub engine: Option<String>,
     #[serde(default)]
     pub tls: bool,
+    #[serde(default)]
+    pub server_name: Option<String>,
 }

@@ -212,6 +212,8 @@ pub struct Node {
     pub engine: Option<String>,
     /// The node's proxy speaks HTTPS.
     pub tls: bool,
+    /// The name the node's certificate must carry (and SNI); default its IP address.
+    pub server_name: Option<String>,
 }
 
 impl Config {
@@ -714,6 +716,7 @@ impl Validator<'_> {
                 zone: n.zone.clone(),
                 engine,
                 tls: n.tls,
+                server_name: n.server_name.clone(),
             });
         }
         if balance.strategy == BalanceStrategy::LeastLoaded

@@ -62,6 +62,8 @@ pub struct NodeRt {
     pub set_cookie: HeaderValue,
     pub set_cookie_secure: HeaderValue,
     pub engine: Option<String>,
+    /// Connections to the node.
+    pub pool: Arc<crate::upstream::pool::Pool>,
     pub m: NodeMetrics,
 }
 
@@ -138,6 +140,16 @@ impl Runtime {
         let own_zone = config.balance.zone.clone();
         let route_name = config.sticky.route_cookie.clone();
         let mut nodes = Vec::with_capacity(config.nodes.len());
+        let node_tls = {
+            let mut c = (*tls.upstream).clone();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(c))
+        };
+        let server_names: HashMap<String, String> = config
+            .nodes
+            .iter()
+            .filter_map(|n| n.server_name.clone().map(|s| (n.id.clone(), s)))
+            .collect();
         let make = |id: &str,
                     addr: std::net::SocketAddr,
                     zone: Option<String>,
@@ -166,6 +178,16 @@ impl Runtime {
                 set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
                     .expect("checked cookie name and value"),
                 engine,
+                pool: crate::upstream::pool::Pool::new(
+                    crate::upstream::pool::Connect {
+                        addr,
+                        timeout: config.upstream.connect_timeout,
+                        tls: https
+                            .then(|| (node_tls.clone(), server_name(addr, &server_names, id))),
+                    },
+                    config.upstream.pool_max_idle_per_node,
+                    config.upstream.pool_idle_timeout,
+                ),
                 m: NodeMetrics::new(id),
             }
         };
@@ -296,6 +318,18 @@ impl Runtime {
         }
         self.selector.pick(&cands).map(|c| pos[c])
     }
+}
+
+/// The name an HTTPS node's certificate must carry: its `server_name`, else its IP address.
+fn server_name(
+    addr: std::net::SocketAddr,
+    names: &HashMap<String, String>,
+    id: &str,
+) -> rustls::pki_types::ServerName<'static> {
+    names
+        .get(id)
+        .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok())
+        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
 fn build_client(config: &Config, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {

@@ -701,6 +701,7 @@ pub fn spawn_tunnel(
     pos: usize,
     client: OnUpgrade,
     node: OnUpgrade,
+    node_conn: Option<hyper::client::conn::http1::SendRequest<crate::runtime::UpBody>>,
 ) {
     let node_rt = &rt.nodes[pos];
     let state = node_rt.state.clone();
@@ -709,7 +710,10 @@ pub fn spawn_tunnel(
     let tracker = shared.tunnels.clone();
     let shared = shared.clone();
     let fut = async move {
-        let (c, n) = match tokio::try_join!(client, node) {
+        let upgraded = tokio::try_join!(client, node);
+        // The node connection's handle was kept until the upgrade completed.
+        drop(node_conn);
+        let (c, n) = match upgraded {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(node = %state.id, "upgrade failed: {e}");

@@ -414,3 +414,62 @@ async fn request_in_flight_at_shutdown_completes() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     let _ = target(addr);
 }
+
+/// Connections to a node are pooled: sequential requests, fixed-length, chunked and empty
+/// bodies alike, reuse one connection instead of opening one each.
+#[tokio::test]
+async fn node_connections_are_reused() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0u64;
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer: &[u8] = match served % 3 {
+                            0 => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            1 => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                            _ => b"HTTP/1.1 204 No Content\r\n\r\n",
+                        };
+                        served += 1;
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let lb = start_lb(&[node], "[health]\nenabled = false\n").await;
+    let mut u = User::new(lb.proxy_addr()).await;
+    for i in 0..30 {
+        let r = u.get("/hub").await;
+        assert!(
+            r.status == StatusCode::OK || r.status == StatusCode::NO_CONTENT,
+            "request {i}: {}",
+            r.status
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "30 sequential requests over one node connection"
+    );
+    lb.shutdown().await;
+}

@@ -14,8 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::Body as _;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::clock;
@@ -23,10 +22,11 @@ use crate::runtime::{NodeRt, Runtime, UpBody};
 use crate::server::Shared;
 use crate::sticky::table::SessionKey;
 use crate::sticky::{cookie, route, Decision};
+use crate::upstream::pool::{PooledBody, SendError};
 pub use error::ProxyError;
 
 /// Response body to the client: the node's, streamed, or a short one of ours.
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<PooledBody, Full<Bytes>>;
 
 /// What a connection knows about its client, computed once per connection.
 #[derive(Debug)]
@@ -291,65 +291,55 @@ async fn forward(
     if let Some(host) = parts.headers.get(header::HOST).cloned() {
         headers::append_list(&mut parts.headers, &headers::X_FORWARDED_HOST, &host);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-
-    // A request without a body can be sent again to another node if the first cannot be
-    // reached; keep what is needed for that only then.
-    let retry = body
-        .is_end_stream()
-        .then(|| (parts.method.clone(), parts.headers.clone()));
+    // Origin-form request target for the node; the Host header stays the client's.
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
     let limit = if max_body > 0 {
         max_body as usize
     } else {
         usize::MAX
     };
-    let mut body: Option<UpBody> = Some(Either::Left(http_body_util::Limited::new(body, limit)));
+    let mut req: Request<UpBody> = Request::from_parts(
+        parts,
+        Either::Left(http_body_util::Limited::new(body, limit)),
+    );
     let timeout = rt.config.upstream.response_timeout;
     let mut tried = 0usize;
-    let resp = loop {
+    let (resp, upgrade_handle) = loop {
         let node = &rt.nodes[pos];
-        let mut p = parts.clone_head();
-        p.uri = Uri::from_parts({
-            let mut u = http::uri::Parts::default();
-            u.scheme = Some(node.scheme.clone());
-            u.authority = Some(node.authority.clone());
-            u.path_and_query = Some(path_and_query.clone());
-            u
-        })
-        .expect("scheme, authority and path make a URI");
-        let b = body.take().unwrap_or(Either::Right(Empty::new()));
-        let upstream_req = Request::from_parts(p, b);
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(h) = HeaderValue::from_str(node.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
         let guard = InFlight::new(node);
         node.state.requests_total.fetch_add(1, Ordering::Relaxed);
-        let res = tokio::time::timeout(timeout, rt.client.request(upstream_req)).await;
+        let res = tokio::time::timeout(timeout, node.pool.send(req)).await;
         drop(guard);
         match res {
-            Ok(Ok(resp)) => {
-                if resp.status().is_server_error() {
+            Ok(Ok(ok)) => {
+                if ok.0.status().is_server_error() {
                     passive_error(rt, node);
                 } else {
                     node.state.mark_ok();
                 }
-                break resp;
+                break ok;
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(e, unsent))) => {
+                // Nothing was sent: the same request may go to another node.
                 node.state.mark_failed(rt.passive_fail_ms);
                 tried += 1;
-                let next = match &retry {
-                    Some((m, h)) if tried < rt.nodes.len() => {
-                        parts.method = m.clone();
-                        parts.headers = h.clone();
-                        rt.select_new(clock::now_ms(), Some(pos))
-                    }
-                    _ => None,
+                let next = if tried < rt.nodes.len() {
+                    rt.select_new(clock::now_ms(), Some(pos))
+                } else {
+                    None
                 };
                 match next {
                     Some(p) => {
                         tracing::debug!(node = %node.id, "connect failed, redispatching: {e}");
+                        req = *unsent;
                         pos = p;
                         decision = Decision::Redispatch;
                         redispatched(shared, rt, pos, &pins);
@@ -357,14 +347,14 @@ async fn forward(
                     }
                     None => {
                         return Err(Failed {
-                            error: ProxyError::Connect(e.to_string()),
+                            error: ProxyError::Connect(e),
                             node: Some(pos),
                             decision: Some(decision),
                         })
                     }
                 }
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Failed(e))) => {
                 passive_error(rt, node);
                 return Err(Failed {
                     error: ProxyError::Upstream(e.to_string()),
@@ -388,7 +378,14 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let node_upgrade = hyper::upgrade::on(&mut resp);
-            crate::server::spawn_tunnel(shared, rt, pos, client_upgrade, node_upgrade);
+            crate::server::spawn_tunnel(
+                shared,
+                rt,
+                pos,
+                client_upgrade,
+                node_upgrade,
+                upgrade_handle,
+            );
         }
         return Ok((resp.map(Either::Left), pos, decision));
     }
@@ -541,20 +538,5 @@ fn learn(shared: &Shared, rt: &Runtime, node: &NodeRt, headers: &http::HeaderMap
             shared.sticky.learn(c.value, node.state.idx);
             shared.learned_total.increment(1);
         }
-    }
-}
-
-/// `http::request::Parts` cannot be cloned; this copies what a retry needs.
-trait CloneHead {
-    fn clone_head(&mut self) -> http::request::Parts;
-}
-
-impl CloneHead for http::request::Parts {
-    fn clone_head(&mut self) -> http::request::Parts {
-        let (mut p, _) = Request::new(()).into_parts();
-        p.method = self.method.clone();
-        p.version = self.version;
-        p.headers = std::mem::take(&mut self.headers);
-        p
     }
 }

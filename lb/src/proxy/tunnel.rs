@@ -131,6 +131,20 @@ fn tcp_side(s: TcpStream, pre: Bytes) -> Side {
 }
 
 fn node_side(u: Upgraded) -> Side {
+    // Plain TCP from the node pool is the same type as the client side; then TLS.
+    let u = match u.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return tcp_side(p.io.into_inner(), p.read_buf),
+        Err(u) => u,
+    };
+    let u = match u.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
+        Ok(p) => {
+            return Side::Other(Box::new(Prefixed {
+                pre: p.read_buf,
+                io: p.io.into_inner(),
+            }))
+        }
+        Err(u) => u,
+    };
     match u.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
         Ok(p) => match p.io {
             MaybeHttpsStream::Http(io) => tcp_side(io.into_inner(), p.read_buf),
@@ -139,7 +153,7 @@ fn node_side(u: Upgraded) -> Side {
                 io: tls.into_inner(),
             })),
         },
-        Err(u) => client_side(u),
+        Err(u) => Side::Other(Box::new(TokioIo::new(u))),
     }
 }
 

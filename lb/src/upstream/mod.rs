@@ -5,6 +5,7 @@
 //! state, open requests and tunnels) lives in a [`NodeState`] found through the
 //! [`NodeRegistry`], so that a reload neither resets counters nor forgets that a node is down.
 
+pub mod pool;
 mod select;
 
 pub use select::{Cand, LeastConnections, LeastLoaded, LoadRanking, RoundRobin, Selector};

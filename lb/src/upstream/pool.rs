@@ -1,0 +1,227 @@
+//! Connections to one node: a small LIFO pool of HTTP/1.1 connections (hyper's `SendRequest`
+//! handles), each driven by its own task.
+//!
+//! A connection goes back to the pool when the response body it carried has been read to its
+//! end; a body dropped half way, an upgraded connection or one in an unknown state is not
+//! reused. A request that hyper could not send (a pooled connection that the node had just
+//! closed) comes back whole, so it is sent again on a fresh connection without having been
+//! copied.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::runtime::UpBody;
+
+/// Why a node could not take a request.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made: the request was not sent and comes back.
+    Connect(String, Box<Request<UpBody>>),
+    /// The node failed after the request was sent.
+    Failed(hyper::Error),
+}
+
+/// How connections to the node are made.
+#[derive(Clone)]
+pub struct Connect {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    /// TLS for an HTTPS node: the connector and the name its certificate must carry.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// Idle connections of one node.
+pub struct Pool {
+    idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect: Connect,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("addr", &self.connect.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            connect,
+        })
+    }
+
+    /// An idle connection that is still open and fresh enough, newest first.
+    fn checkout(&self) -> Option<SendRequest<UpBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, since)) = idle.pop() {
+            if !s.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, s: SendRequest<UpBody>) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((s, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpBody>, String> {
+        let c = &self.connect;
+        let tcp = tokio::time::timeout(c.timeout, TcpStream::connect(c.addr))
+            .await
+            .map_err(|_| format!("connect to {} timed out", c.addr))?
+            .map_err(|e| format!("connect to {}: {e}", c.addr))?;
+        let _ = tcp.set_nodelay(true);
+        match &c.tls {
+            None => handshake(TokioIo::new(tcp)).await,
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(c.timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| format!("TLS handshake with {} timed out", c.addr))?
+                    .map_err(|e| format!("TLS handshake with {}: {e}", c.addr))?;
+                handshake(TokioIo::new(tls)).await
+            }
+        }
+    }
+
+    /// Sends `req` on a pooled or new connection. The response body hands the connection back
+    /// to the pool once read to its end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<PooledBody>, Option<SendRequest<UpBody>>), SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(s) => (s, true),
+                None => match self.connect().await {
+                    Ok(s) => (s, false),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Connect(
+                    "connection closed at once".into(),
+                    Box::new(req),
+                ));
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let (parts, body) = resp.into_parts();
+                    if upgrade {
+                        // The connection is the tunnel's now; the handle stays with the caller
+                        // until the upgrade completes.
+                        let body = PooledBody {
+                            inner: body,
+                            back: None,
+                        };
+                        return Ok((Response::from_parts(parts, body), Some(sender)));
+                    }
+                    let body = if body.is_end_stream() {
+                        self.checkin(sender);
+                        PooledBody {
+                            inner: body,
+                            back: None,
+                        }
+                    } else {
+                        PooledBody {
+                            inner: body,
+                            back: Some((sender, self.clone())),
+                        }
+                    };
+                    return Ok((Response::from_parts(parts, body), None));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent (the pooled connection was closing): again, on another one.
+                    Some(r) if reused => req = r,
+                    Some(r) => {
+                        return Err(SendError::Connect(e.into_error().to_string(), Box::new(r)))
+                    }
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<UpBody>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("node connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// A node's response body; hands its connection back to the pool at its end.
+pub struct PooledBody {
+    inner: Incoming,
+    back: Option<(SendRequest<UpBody>, Arc<Pool>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        // The end: no more frames, or the last one (hyper may not ask again after a body
+        // whose length it knows).
+        let done = match &r {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if done {
+            if let Some((s, pool)) = self.back.take() {
+                pool.checkin(s);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
