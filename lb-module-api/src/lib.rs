@@ -27,19 +27,22 @@
 //! * [`sample`]: [`EngineSample`] and [`parse_healthcheck`] for the engine's
 //!   `GET /engine/healthcheck` body, tolerant of old and new shapes;
 //! * [`rank()`](rank::rank): the pure ranking function and its [`RankPolicy`];
-//! * [`router()`](router::router): the axum router, fed by an [`EngineSource`].
+//! * [`router()`](router::router): the axum router, fed by an [`EngineSource`] (feature
+//!   `router`, on by default; without it the crate does not depend on axum).
 //!
 //! Metrics (through the `metrics` facade; the binary installs the exporter):
 //! `lb_module_requests_total{result="ok|bad_request|too_large"}` and the histogram
 //! `lb_module_rank_duration_seconds`.
 
 pub mod rank;
+#[cfg(feature = "router")]
 pub mod router;
 pub mod sample;
 pub mod types;
 pub mod uri;
 
 pub use rank::{rank, EngineState, EngineView, RankPolicy};
+#[cfg(feature = "router")]
 pub use router::{
     parse_qlik_user, prioritize, prioritize_path, router, EngineSource, QlikUser, RouterOptions,
     StaticEngineSource,
