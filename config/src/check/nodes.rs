@@ -1,0 +1,85 @@
+//! `[[nodes]]`: the Qlik Proxy Service nodes, their addresses and engine health check URLs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::Validator;
+use crate::{file, Node};
+
+impl Validator<'_> {
+    pub(super) fn nodes(&mut self, list: &[file::NodeFile]) -> Vec<Node> {
+        let mut nodes = Vec::with_capacity(list.len());
+        let mut seen_ids = HashSet::new();
+        let mut seen_addrs = HashSet::new();
+        if list.is_empty() {
+            self.err("nodes", "at least one node is required");
+        }
+        for (i, n) in list.iter().enumerate() {
+            self.node_id(i, &n.id, &mut seen_ids);
+            let address = self.addr(&format!("nodes[{i}].address"), &n.address);
+            if address.port() != 0 && !seen_addrs.insert(address) {
+                self.err(
+                    format!("nodes[{i}].address"),
+                    format!("duplicate node address {address}"),
+                );
+            }
+            let engine = self.engine(i, n.engine.as_deref(), address);
+            nodes.push(Node {
+                id: n.id.clone(),
+                address,
+                zone: n.zone.clone(),
+                engine,
+                tls: n.tls,
+                server_name: n.server_name.clone(),
+            });
+        }
+        nodes
+    }
+
+    /// A node id is 1 to 64 of A-Z a-z 0-9 - _, and unique.
+    fn node_id(&mut self, i: usize, id: &str, seen: &mut HashSet<String>) {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            self.err(
+                format!("nodes[{i}].id"),
+                format!("{id:?} is not a valid node id (1 to 64 of A-Z a-z 0-9 - _)"),
+            );
+        } else if !seen.insert(id.to_string()) {
+            self.err(
+                format!("nodes[{i}].id"),
+                format!("duplicate node id {id:?}"),
+            );
+        }
+    }
+
+    /// `nodes[i].engine`: `"same-host"` (the node's IP, port 4747) or an http(s) URL.
+    fn engine(&mut self, i: usize, engine: Option<&str>, address: SocketAddr) -> Option<String> {
+        let url = match engine? {
+            "same-host" => {
+                return Some(format!(
+                    "https://{}:4747/engine/healthcheck",
+                    host_of(address)
+                ))
+            }
+            url => url,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            self.err(
+                format!("nodes[{i}].engine"),
+                format!("{url:?} is neither \"same-host\" nor an http:// or https:// URL"),
+            );
+        }
+        Some(url.to_string())
+    }
+}
+
+fn host_of(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.ip().to_string(),
+        SocketAddr::V6(v) => format!("[{}]", v.ip()),
+    }
+}
