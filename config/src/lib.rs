@@ -5,6 +5,10 @@
 //! [`Config::from_toml`]: addresses parsed, durations in range, node ids unique, key files read.
 //! Every problem found is reported with its key path (`nodes[2].address: ...`), all of them at
 //! once where the file parses. Each section is checked in its own module under `check/`.
+//!
+//! Values that `lb` uses as HTTP or TLS types come out typed as well, next to their text:
+//! [`Node::engine_uri`], [`Node::authority`], [`Node::tls_server_name`],
+//! [`Telemetry::typed_headers`] (and [`Telemetry::header_map`]) and [`Health::path_and_query`].
 
 mod check;
 pub mod file;
@@ -13,6 +17,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use file::{BalanceStrategy, ProxyProtocolMode};
 
@@ -159,6 +165,9 @@ pub struct Balance {
 pub struct Health {
     pub enabled: bool,
     pub path: String,
+    /// `path` as the request target of an HTTP check; `None`: a TCP connect check (`path` is
+    /// empty, or is not a valid request target).
+    pub path_and_query: Option<http::uri::PathAndQuery>,
     /// Inclusive range of statuses that count as healthy.
     pub expect_status: (u16, u16),
     pub interval: Duration,
@@ -197,6 +206,8 @@ pub struct Telemetry {
     pub interval: Duration,
     pub timeout: Duration,
     pub headers: Vec<(String, String)>,
+    /// `headers`, typed, in the same order.
+    pub typed_headers: Vec<(HeaderName, HeaderValue)>,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -207,13 +218,32 @@ pub struct Telemetry {
 pub struct Node {
     pub id: String,
     pub address: SocketAddr,
+    /// `address` as a URI authority (`10.0.0.5:443`, `[2001:db8::5]:443`).
+    pub authority: http::uri::Authority,
     pub zone: Option<String>,
     /// Health check URL of this node's engine, when telemetry is wanted.
     pub engine: Option<String>,
+    /// `engine` as a URI: `Some` exactly when `engine` is.
+    pub engine_uri: Option<http::Uri>,
     /// The node's proxy speaks HTTPS.
     pub tls: bool,
     /// The name the node's certificate must carry (and SNI); default its IP address.
     pub server_name: Option<String>,
+    /// The name the certificate of an HTTPS node is checked against (and SNI):
+    /// `server_name` when it is a DNS name or an IP address, else the node's IP address.
+    pub tls_server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl Telemetry {
+    /// The headers of every telemetry request (a later name replaces an earlier one that
+    /// differs only in case).
+    pub fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.typed_headers.len());
+        for (name, value) in &self.typed_headers {
+            map.insert(name.clone(), value.clone());
+        }
+        map
+    }
 }
 
 impl Config {

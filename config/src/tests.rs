@@ -169,7 +169,7 @@ fn problems_come_in_section_order() {
         [[nodes]]
         id = ""
         address = "127.0.0.1:1"
-        engine = "ftp://x"
+        engine = "http://a b/"
         "#,
     )
     .unwrap_err();
@@ -190,5 +190,156 @@ fn problems_come_in_section_order() {
             "nodes[0].id",
             "nodes[0].engine",
         ]
+    );
+}
+
+fn with_engine(engine: &str) -> String {
+    MIN.replace(
+        "id = \"qps1\"",
+        &format!("id = \"qps1\"\nengine = {engine:?}"),
+    )
+}
+
+#[test]
+fn engine_comes_out_as_a_uri() {
+    let c = parse(&with_engine(
+        "https://Qlik1.example:4747/engine/healthcheck",
+    ))
+    .unwrap();
+    let uri = c.nodes[0].engine_uri.as_ref().unwrap();
+    assert_eq!(uri.scheme_str(), Some("https"));
+    assert_eq!(uri.host(), Some("Qlik1.example"));
+    assert_eq!(uri.port_u16(), Some(4747));
+    assert_eq!(uri.path(), "/engine/healthcheck");
+    assert_eq!(
+        c.nodes[0].engine.as_deref(),
+        Some("https://Qlik1.example:4747/engine/healthcheck")
+    );
+
+    let c = parse(&with_engine("same-host")).unwrap();
+    assert_eq!(
+        c.nodes[0].engine_uri.as_ref().map(|u| u.to_string()),
+        Some("https://127.0.0.1:4747/engine/healthcheck".to_string())
+    );
+    let c = parse(
+        &MIN.replace("127.0.0.1:19100", "[::1]:19100")
+            .replace("id = \"qps1\"", "id = \"qps1\"\nengine = \"same-host\""),
+    )
+    .unwrap();
+    assert_eq!(
+        c.nodes[0].engine_uri.as_ref().and_then(|u| u.host()),
+        Some("[::1]")
+    );
+
+    let c = parse(MIN).unwrap();
+    assert!(c.nodes[0].engine.is_none() && c.nodes[0].engine_uri.is_none());
+}
+
+#[test]
+fn a_bad_engine_url_fails_with_its_key_path() {
+    for url in ["http://a b/engine/healthcheck", "http://", "https://[::1/x"] {
+        let e = parse(&with_engine(url)).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path, "nodes[0].engine", "{e}");
+        assert!(
+            e.0[0]
+                .message
+                .starts_with(&format!("invalid URL {url:?}: ")),
+            "{e}"
+        );
+    }
+    // Not http(s): one problem, not two.
+    let e = parse(&with_engine("ftp://a b")).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert!(e.0[0].message.contains("is neither \"same-host\""), "{e}");
+}
+
+#[test]
+fn telemetry_headers_come_out_typed() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.telemetry.typed_headers.len(), 1);
+    let (name, value) = &c.telemetry.typed_headers[0];
+    assert_eq!(name, "x-qlik-user");
+    assert_eq!(value, "UserDirectory=INTERNAL; UserId=sa_api");
+
+    let c = parse(&format!(
+        "{MIN}\n[telemetry]\nheaders = {{ \"X-Qlik-User\" = \"UserDirectory=CORP; UserId=svc\", \
+         \"X_Extra\" = \"a\\tb\", \"x-qlik-user\" = \"UserDirectory=LAST; UserId=svc\" }}\n"
+    ))
+    .unwrap();
+    let names: Vec<&str> = c
+        .telemetry
+        .typed_headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["x-qlik-user", "x_extra", "x-qlik-user"]);
+    assert_eq!(c.telemetry.headers.len(), 3);
+    let map = c.telemetry.header_map();
+    assert_eq!(map.len(), 2);
+    assert_eq!(map["x-qlik-user"], "UserDirectory=LAST; UserId=svc");
+    assert_eq!(map["x_extra"], "a\tb");
+}
+
+#[test]
+fn a_bad_header_fails_with_its_key_path() {
+    let bad = |headers: &str| {
+        parse(&format!("{MIN}\n[telemetry]\nheaders = {{ {headers} }}\n")).unwrap_err()
+    };
+    let e = bad("\"X Bad\" = \"v\", \"X-Good\" = \"v\"");
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].path, "telemetry.headers.X Bad");
+    assert_eq!(e.0[0].message, "invalid header name");
+    let e = bad("\"\" = \"v\"");
+    assert_eq!(e.0[0].path, "telemetry.headers.");
+    assert_eq!(e.0[0].message, "invalid header name");
+    for value in ["a\\u0001b", "a\\nb", "a\\u007fb"] {
+        let e = bad(&format!("\"X-Value\" = \"{value}\""));
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path, "telemetry.headers.X-Value");
+        assert_eq!(e.0[0].message, "invalid header value");
+    }
+}
+
+#[test]
+fn health_path_comes_out_as_a_request_target() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.health.path_and_query.as_ref().unwrap().as_str(), "/");
+    let c = parse(&format!("{MIN}\n[health]\npath = \"/status?full=1\"\n")).unwrap();
+    let p = c.health.path_and_query.unwrap();
+    assert_eq!((p.path(), p.query()), ("/status", Some("full=1")));
+    let c = parse(&format!("{MIN}\n[health]\npath = \"\"\n")).unwrap();
+    assert!(c.health.path_and_query.is_none());
+}
+
+#[test]
+fn node_authority_and_tls_name_come_out_typed() {
+    use rustls_pki_types::ServerName;
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.nodes[0].authority.as_str(), "127.0.0.1:19100");
+    assert_eq!(
+        c.nodes[0].tls_server_name,
+        ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+    );
+    let c = parse(&MIN.replace("127.0.0.1:19100", "[2001:db8::5]:443")).unwrap();
+    assert_eq!(c.nodes[0].authority.as_str(), "[2001:db8::5]:443");
+    let named = |name: &str| {
+        parse(&MIN.replace(
+            "id = \"qps1\"",
+            &format!("id = \"qps1\"\ntls = true\nserver_name = {name:?}"),
+        ))
+        .unwrap()
+        .nodes
+        .remove(0)
+        .tls_server_name
+    };
+    assert_eq!(
+        named("qlik1.corp.example"),
+        ServerName::try_from("qlik1.corp.example").unwrap()
+    );
+    // Not a name: the node's IP address, as before.
+    assert_eq!(
+        named("bad name!"),
+        ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
     );
 }

@@ -10,6 +10,7 @@ impl Validator<'_> {
         let health = Health {
             enabled: h.enabled,
             path: h.path.clone(),
+            path_and_query: check_target(&h.path),
             expect_status: self.expect_status(&h.expect_status),
             interval: self.dur(
                 "health.interval",
@@ -61,6 +62,15 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// The request target of an HTTP check; `None` for a TCP connect check: an empty path, or one
+/// that is not a valid request target (the check falls back to a TCP connect).
+fn check_target(path: &str) -> Option<http::uri::PathAndQuery> {
+    if path.is_empty() {
+        return None;
+    }
+    path.parse().ok()
 }
 
 /// `"200"` or `"200-399"` as an inclusive range.

@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use rustls_pki_types::ServerName;
+
 use super::Validator;
 use crate::{file, Node};
 
@@ -23,14 +25,17 @@ impl Validator<'_> {
                     format!("duplicate node address {address}"),
                 );
             }
-            let engine = self.engine(i, n.engine.as_deref(), address);
+            let (engine, engine_uri) = self.engine(i, n.engine.as_deref(), address);
             nodes.push(Node {
                 id: n.id.clone(),
                 address,
+                authority: authority_of(address),
                 zone: n.zone.clone(),
                 engine,
+                engine_uri,
                 tls: n.tls,
                 server_name: n.server_name.clone(),
+                tls_server_name: tls_server_name(n.server_name.as_deref(), address),
             });
         }
         nodes
@@ -56,24 +61,36 @@ impl Validator<'_> {
         }
     }
 
-    /// `nodes[i].engine`: `"same-host"` (the node's IP, port 4747) or an http(s) URL.
-    fn engine(&mut self, i: usize, engine: Option<&str>, address: SocketAddr) -> Option<String> {
-        let url = match engine? {
-            "same-host" => {
-                return Some(format!(
-                    "https://{}:4747/engine/healthcheck",
-                    host_of(address)
-                ))
-            }
-            url => url,
+    /// `nodes[i].engine`: `"same-host"` (the node's IP, port 4747) or an http(s) URL; as
+    /// written and as a URI.
+    fn engine(
+        &mut self,
+        i: usize,
+        engine: Option<&str>,
+        address: SocketAddr,
+    ) -> (Option<String>, Option<http::Uri>) {
+        let url = match engine {
+            None => return (None, None),
+            Some("same-host") => format!("https://{}:4747/engine/healthcheck", host_of(address)),
+            Some(url) => url.to_string(),
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             self.err(
                 format!("nodes[{i}].engine"),
                 format!("{url:?} is neither \"same-host\" nor an http:// or https:// URL"),
             );
+            return (Some(url), None);
         }
-        Some(url.to_string())
+        match url.parse::<http::Uri>() {
+            Ok(uri) => (Some(url), Some(uri)),
+            Err(e) => {
+                self.err(
+                    format!("nodes[{i}].engine"),
+                    format!("invalid URL {url:?}: {e}"),
+                );
+                (Some(url), None)
+            }
+        }
     }
 }
 
@@ -82,4 +99,17 @@ fn host_of(a: SocketAddr) -> String {
         SocketAddr::V4(v) => v.ip().to_string(),
         SocketAddr::V6(v) => format!("[{}]", v.ip()),
     }
+}
+
+fn authority_of(a: SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::try_from(a.to_string().as_str())
+        .expect("a socket address is a valid authority")
+}
+
+/// The name an HTTPS node's certificate must carry (and SNI): `server_name` when it is a DNS
+/// name or an IP address, else the node's IP address.
+fn tls_server_name(server_name: Option<&str>, address: SocketAddr) -> ServerName<'static> {
+    server_name
+        .and_then(|n| ServerName::try_from(n.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()))
 }
