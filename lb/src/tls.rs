@@ -204,6 +204,16 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
+/// The TLS acceptor of an HTTPS listener.
+#[derive(Clone)]
+pub struct Acceptor(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acceptor")
+    }
+}
+
 /// Everything TLS in a configuration, loaded and checked.
 #[derive(Clone)]
 pub struct Loaded {
@@ -243,5 +253,15 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
             upstream,
         }),
         _ => Err(lb_config::ConfigErrors(errors)),
+    }
+}
+
+/// `upstream.insecure_skip_verify` is loud at every start and reload.
+pub fn warn_insecure(config: &lb_config::Config) {
+    if config.upstream.insecure_skip_verify && config.nodes.iter().any(|n| n.tls) {
+        tracing::warn!(
+            "upstream.insecure_skip_verify = true: the certificates of HTTPS nodes are NOT verified; \
+             anyone on the path to the nodes can impersonate them"
+        );
     }
 }

@@ -214,7 +214,7 @@ async fn https_listener_sni_alpn_hsts_websocket_and_certificate_reload() {
     std::fs::copy(&rk, &ak).unwrap();
     let cfg = |t: &str| lb_config::Config::from_toml(t, Path::new(".")).unwrap();
     let text = text.replace("127.0.0.1:0", &addr.to_string());
-    lb.shared.reload(cfg(&text)).unwrap();
+    lb.reload(cfg(&text)).unwrap();
     let s = tls_connect(&client, addr, "a.test").await.unwrap();
     assert_eq!(presented_cn(&s), "renewed");
     std::fs::write(
@@ -222,7 +222,7 @@ async fn https_listener_sni_alpn_hsts_websocket_and_certificate_reload() {
         "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let err = lb.shared.reload(cfg(&text)).unwrap_err();
+    let err = lb.reload(cfg(&text)).unwrap_err();
     assert!(err.contains("listener.tls"), "{err}");
     let s = tls_connect(&client, addr, "a.test").await.unwrap();
     assert_eq!(

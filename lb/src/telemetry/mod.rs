@@ -25,6 +25,8 @@
 //! `lb_engine_up`; counter `lb_engine_polls_total{result="ok|timeout|error|bad_status|bad_body"}`.
 
 mod poll;
+mod ranking;
+mod targets;
 mod tls;
 
 #[cfg(test)]
@@ -43,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use poll::CPU_SMOOTHING;
+pub use ranking::TelemetryRanking;
+pub use targets::targets;
 
 /// The header sent with every poll unless the target sets it: Qlik's service account.
 pub const DEFAULT_QLIK_USER: &str = "UserDirectory=INTERNAL; UserId=sa_api";
@@ -189,7 +193,7 @@ impl EngineStatus {
 
 /// What a poll task last published; read lock-free.
 #[derive(Debug, Default)]
-struct Snapshot {
+struct Published {
     sample: Option<Arc<EngineSample>>,
     at: Option<Instant>,
     smoothed_cpu: Option<f64>,
@@ -201,25 +205,54 @@ struct Snapshot {
 /// The published state of one engine.
 #[derive(Debug)]
 struct Slot {
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: ArcSwap<Published>,
     interval: Duration,
 }
 
+/// How current an engine's telemetry is: decided here only, for the status, the ranking and
+/// the saturation gate alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    Fresh,
+    Stale,
+    Unreachable,
+    Unknown,
+}
+
+impl Published {
+    /// The last poll failed: unreachable; a good sample within [`STALE_AFTER_INTERVALS`]
+    /// intervals: fresh; an older one: stale; none yet: unknown.
+    fn freshness(&self, interval: Duration, now: Instant) -> Freshness {
+        if self.failure.is_some() {
+            return Freshness::Unreachable;
+        }
+        match (&self.sample, self.at) {
+            (Some(_), Some(at)) => {
+                if now.saturating_duration_since(at) > interval * STALE_AFTER_INTERVALS {
+                    Freshness::Stale
+                } else {
+                    Freshness::Fresh
+                }
+            }
+            _ => Freshness::Unknown,
+        }
+    }
+}
+
 impl Slot {
+    fn freshness(&self, now: Instant) -> Freshness {
+        self.snapshot.load().freshness(self.interval, now)
+    }
+
     fn status(&self, now: Instant) -> EngineStatus {
         let snap = self.snapshot.load();
-        let state = if let Some(reason) = &snap.failure {
-            TelemetryState::Unreachable {
-                reason: reason.clone(),
-            }
-        } else if let Some(at) = snap.at {
-            if now.saturating_duration_since(at) > self.interval * STALE_AFTER_INTERVALS {
-                TelemetryState::Stale
-            } else {
-                TelemetryState::Fresh
-            }
-        } else {
-            TelemetryState::Unknown
+        let state = match snap.freshness(self.interval, now) {
+            Freshness::Fresh => TelemetryState::Fresh,
+            Freshness::Stale => TelemetryState::Stale,
+            Freshness::Unreachable => TelemetryState::Unreachable {
+                reason: snap.failure.clone().unwrap_or_default(),
+            },
+            Freshness::Unknown => TelemetryState::Unknown,
         };
         EngineStatus {
             sample: snap.sample.clone(),
@@ -232,19 +265,11 @@ impl Slot {
 
     fn view(&self, now: Instant) -> EngineView {
         let snap = self.snapshot.load();
-        let state = if snap.failure.is_some() {
-            EngineState::Unreachable
-        } else {
-            match (&snap.sample, snap.at) {
-                (Some(sample), Some(at)) => {
-                    if now.saturating_duration_since(at) > self.interval * STALE_AFTER_INTERVALS {
-                        EngineState::Stale
-                    } else {
-                        EngineState::Fresh(sample.clone())
-                    }
-                }
-                _ => EngineState::Unknown,
-            }
+        let state = match (snap.freshness(self.interval, now), &snap.sample) {
+            (Freshness::Fresh, Some(sample)) => EngineState::Fresh(sample.clone()),
+            (Freshness::Stale, _) => EngineState::Stale,
+            (Freshness::Unreachable, _) => EngineState::Unreachable,
+            (Freshness::Fresh | Freshness::Unknown, _) => EngineState::Unknown,
         };
         EngineView {
             state,
@@ -434,6 +459,31 @@ impl Telemetry {
     pub fn status(&self, id: &str) -> Option<EngineStatus> {
         let registry = self.registry.load();
         registry.by_id.get(id).map(|s| s.status(Instant::now()))
+    }
+
+    /// True when the telemetry of at least one of nodes `ids` is fresh (no allocation).
+    pub fn any_fresh(&self, ids: &[&str]) -> bool {
+        let now = Instant::now();
+        let registry = self.registry.load();
+        ids.iter().any(|id| {
+            registry
+                .by_id
+                .get(*id)
+                .is_some_and(|s| s.freshness(now) == Freshness::Fresh)
+        })
+    }
+
+    /// The latest sample of node `id`'s engine and its smoothed CPU, while fresh.
+    pub fn fresh_sample(&self, id: &str) -> Option<(Arc<EngineSample>, f64)> {
+        let registry = self.registry.load();
+        let slot = registry.by_id.get(id)?;
+        let snap = slot.snapshot.load();
+        if snap.freshness(slot.interval, Instant::now()) != Freshness::Fresh {
+            return None;
+        }
+        let sample = snap.sample.clone()?;
+        let cpu = snap.smoothed_cpu.unwrap_or(sample.cpu_total);
+        Some((sample, cpu))
     }
 
     /// Every engine's status, sorted by node id.

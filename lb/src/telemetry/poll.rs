@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Slot, Snapshot};
+use super::{Published, Slot};
 
 /// Weight of the newest CPU sample in the smoothed CPU (an exponentially weighted moving
 /// average): `smoothed = smoothed + SMOOTHING * (cpu - smoothed)`.
@@ -163,7 +163,7 @@ pub(super) async fn run(job: PollJob) {
                     _ => sample.cpu_total,
                 };
                 record_sample(&metrics, &sample, smoothed, &job.policy.load());
-                job.slot.snapshot.store(Arc::new(Snapshot {
+                job.slot.snapshot.store(Arc::new(Published {
                     sample: Some(Arc::new(sample)),
                     at: Some(now),
                     smoothed_cpu: Some(smoothed),
@@ -185,7 +185,7 @@ pub(super) async fn run(job: PollJob) {
                 } else {
                     tracing::debug!(node = %job.id, reason = %reason, "engine poll failed again");
                 }
-                job.slot.snapshot.store(Arc::new(Snapshot {
+                job.slot.snapshot.store(Arc::new(Published {
                     sample: previous.sample.clone(),
                     at: previous.at,
                     smoothed_cpu: previous.smoothed_cpu,

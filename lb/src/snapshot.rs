@@ -1,4 +1,4 @@
-//! The runtime snapshot: everything compiled from one configuration, swapped whole on reload.
+//! The snapshot: everything compiled from one configuration, swapped whole on reload.
 //!
 //! A request loads the current snapshot once and keeps it to the end; old snapshots live until
 //! their last request or tunnel drops them. Node state that must survive a reload lives in the
@@ -7,47 +7,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use lb_config::{BalanceStrategy, Config};
 use metrics::{Counter, Histogram};
 
 use crate::clock;
 use crate::sticky::{Decision, RouteKey, SessionCookieNames};
+use crate::tls::Acceptor;
+use crate::upstream::pool::Pool;
 use crate::upstream::{
-    Cand, LeastConnections, LeastLoaded, LoadRanking, NodeRegistry, NodeState, RoundRobin, Selector,
+    slow_start_admits, Candidate, LeastConnections, LeastLoaded, LoadRanking, NodeConnector,
+    NodeIdx, NodeRegistry, NodeState, RoundRobin, Selector,
 };
 
-/// Request body sent to a node: the client's (bounded by `listener.max_body_bytes`), or empty
-/// on a retry.
-pub type UpBody = Either<http_body_util::Limited<Incoming>, Empty<Bytes>>;
-/// The connector to the nodes: plain TCP, or TLS for nodes with `tls = true`.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-/// The pooled client to the nodes.
-pub type UpstreamClient = Client<Connector, UpBody>;
+/// Position of a node in its snapshot's node list (valid for that snapshot only; the stable
+/// number of a node is its [`NodeIdx`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodePos(pub usize);
 
 /// Status classes used as a metric label.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The TLS acceptor of the proxy listener.
-#[derive(Clone)]
-pub struct Acceptor(pub tokio_rustls::TlsAcceptor);
-
-impl std::fmt::Debug for Acceptor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Acceptor")
-    }
-}
-
 /// One node as this snapshot sees it.
 #[derive(Debug)]
-pub struct NodeRt {
+pub struct Node {
     pub id: Arc<str>,
     pub state: Arc<NodeState>,
     pub scheme: Scheme,
@@ -62,9 +46,9 @@ pub struct NodeRt {
     pub set_cookie: HeaderValue,
     pub set_cookie_secure: HeaderValue,
     pub engine: Option<String>,
-    /// Connections to the node.
-    pub pool: Arc<crate::upstream::pool::Pool>,
-    pub m: NodeMetrics,
+    /// Connections to the node (the pool holds the node's one connector).
+    pub pool: Arc<Pool>,
+    pub metrics: NodeMetrics,
 }
 
 /// Metric handles of one node, prepared with the snapshot.
@@ -90,7 +74,7 @@ impl NodeMetrics {
     }
 }
 
-impl NodeRt {
+impl Node {
     /// Can this node serve a request now?
     pub fn usable(&self, now_ms: u64) -> bool {
         self.retiring_until_ms.is_none_or(|t| now_ms < t) && self.state.usable(now_ms)
@@ -101,17 +85,17 @@ impl NodeRt {
     }
 }
 
+/// Everything compiled from one configuration.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Snapshot {
     pub config: Arc<Config>,
-    pub nodes: Vec<NodeRt>,
-    by_id: HashMap<Arc<str>, usize>,
-    by_idx: HashMap<u32, usize>,
+    pub nodes: Vec<Node>,
+    by_id: HashMap<Arc<str>, NodePos>,
+    by_idx: HashMap<NodeIdx, NodePos>,
     pub selector: Box<dyn Selector>,
     pub session_names: SessionCookieNames,
     pub route_key: RouteKey,
     pub route_cookie: Box<[u8]>,
-    pub client: UpstreamClient,
     pub passive_fail_ms: u64,
     /// Requests answered without a node (503 and the like).
     pub no_node: [Counter; 5],
@@ -125,17 +109,17 @@ pub struct Runtime {
     pub websocket_origins: Vec<String>,
 }
 
-impl Runtime {
+impl Snapshot {
     /// Compiles a checked configuration. `prev` is the snapshot being replaced: its nodes that
     /// are not in `config` keep serving their pinned sessions until the drain deadline.
     pub fn build(
         config: Config,
         tls: crate::tls::Loaded,
-        prev: Option<&Runtime>,
+        prev: Option<&Snapshot>,
         registry: &NodeRegistry,
         route_key: RouteKey,
         ranking: Option<Arc<dyn LoadRanking>>,
-    ) -> Runtime {
+    ) -> Snapshot {
         let now = clock::now_ms();
         let own_zone = config.balance.zone.clone();
         let route_name = config.sticky.route_cookie.clone();
@@ -164,7 +148,7 @@ impl Runtime {
                 (Some(_), None) => false,
                 (None, _) => true,
             };
-            NodeRt {
+            Node {
                 id: state.id.clone(),
                 state,
                 scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
@@ -178,17 +162,19 @@ impl Runtime {
                 set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
                     .expect("checked cookie name and value"),
                 engine,
-                pool: crate::upstream::pool::Pool::new(
-                    crate::upstream::pool::Connect {
+                pool: Pool::new(
+                    NodeConnector {
                         addr,
                         timeout: config.upstream.connect_timeout,
-                        tls: https
-                            .then(|| (node_tls.clone(), server_name(addr, &server_names, id))),
+                        tls: https.then(|| {
+                            let name = server_names.get(id).map(String::as_str);
+                            (node_tls.clone(), NodeConnector::server_name(addr, name))
+                        }),
                     },
                     config.upstream.pool_max_idle_per_node,
                     config.upstream.pool_idle_timeout,
                 ),
-                m: NodeMetrics::new(id),
+                metrics: NodeMetrics::new(id),
             }
         };
         for n in &config.nodes {
@@ -229,12 +215,12 @@ impl Runtime {
         let by_id = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.id.clone(), i))
+            .map(|(i, n)| (n.id.clone(), NodePos(i)))
             .collect();
         let by_idx = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.state.idx, i))
+            .map(|(i, n)| (n.state.idx, NodePos(i)))
             .collect();
         let selector: Box<dyn Selector> = match (config.balance.strategy, ranking) {
             (BalanceStrategy::RoundRobin, _) => Box::new(RoundRobin::default()),
@@ -242,7 +228,6 @@ impl Runtime {
             (BalanceStrategy::LeastLoaded, Some(r)) => Box::new(LeastLoaded::new(r)),
             (BalanceStrategy::LeastLoaded, None) => Box::new(RoundRobin::default()),
         };
-        let client = build_client(&config, tls.upstream.clone());
         let hsts =
             (config.listener.tls.is_some() && !config.listener.hsts_max_age.is_zero()).then(|| {
                 HeaderValue::from_str(&format!(
@@ -251,7 +236,7 @@ impl Runtime {
                 ))
                 .expect("digits are a valid header value")
             });
-        Runtime {
+        Snapshot {
             session_names: SessionCookieNames::new(
                 &config.sticky.session_cookies,
                 &config.sticky.session_cookie_prefixes,
@@ -272,22 +257,27 @@ impl Runtime {
             by_id,
             by_idx,
             selector,
-            client,
         }
     }
 
-    pub fn pos_of_id(&self, id: &str) -> Option<usize> {
+    pub fn pos_of_id(&self, id: &str) -> Option<NodePos> {
         self.by_id.get(id).copied()
     }
 
-    pub fn pos_of_idx(&self, idx: u32) -> Option<usize> {
+    pub fn pos_of_idx(&self, idx: NodeIdx) -> Option<NodePos> {
         self.by_idx.get(&idx).copied()
+    }
+
+    /// The node at `pos` of this snapshot.
+    pub fn node(&self, pos: NodePos) -> &Node {
+        &self.nodes[pos.0]
     }
 
     /// Chooses a node for a new session, skipping `exclude`. Nodes are taken from the best
     /// tier available: local zone before other zones, unsaturated engines before saturated.
-    pub fn select_new(&self, now_ms: u64, exclude: Option<usize>) -> Option<usize> {
-        let tier = |n: &NodeRt| -> u8 { (!n.local as u8) + 2 * (n.state.saturated() as u8) };
+    pub fn select_new(&self, now_ms: u64, exclude: Option<NodePos>) -> Option<NodePos> {
+        let tier = |n: &Node| -> u8 { (!n.local as u8) + 2 * (n.state.saturated() as u8) };
+        let exclude = exclude.map(|p| p.0);
         let best = self
             .nodes
             .iter()
@@ -296,57 +286,26 @@ impl Runtime {
             .map(|(_, n)| tier(n))
             .min()?;
         let window = self.config.health.slow_start;
-        let mut pos = Vec::with_capacity(self.nodes.len());
-        let mut cands = Vec::with_capacity(self.nodes.len());
+        let mut positions = Vec::with_capacity(self.nodes.len());
+        let mut candidates = Vec::with_capacity(self.nodes.len());
         let mut held_back = None;
         for (i, n) in self.nodes.iter().enumerate() {
             if Some(i) != exclude && n.accepts_new(now_ms) && tier(n) == best {
                 // A node in slow start takes only its growing share of new sessions.
-                if !crate::health::slow_start_admits(&n.state, now_ms, window) {
-                    held_back.get_or_insert(i);
+                if !slow_start_admits(&n.state, now_ms, window) {
+                    held_back.get_or_insert(NodePos(i));
                     continue;
                 }
-                pos.push(i);
-                cands.push(Cand {
+                positions.push(NodePos(i));
+                candidates.push(Candidate {
                     id: &n.id,
                     load: n.state.load(),
                 });
             }
         }
-        if cands.is_empty() {
+        if candidates.is_empty() {
             return held_back;
         }
-        self.selector.pick(&cands).map(|c| pos[c])
+        self.selector.pick(&candidates).map(|c| positions[c])
     }
-}
-
-/// The name an HTTPS node's certificate must carry: its `server_name`, else its IP address.
-fn server_name(
-    addr: std::net::SocketAddr,
-    names: &HashMap<String, String>,
-    id: &str,
-) -> rustls::pki_types::ServerName<'static> {
-    names
-        .get(id)
-        .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok())
-        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
-}
-
-fn build_client(config: &Config, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.upstream.connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream.pool_idle_timeout)
-        .pool_max_idle_per_host(config.upstream.pool_max_idle_per_node)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
 }
