@@ -5,6 +5,7 @@
 //! [`NodeRegistry`], keyed by node id.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
@@ -120,98 +121,22 @@ impl Snapshot {
         route_key: RouteKey,
         ranking: Option<Arc<dyn LoadRanking>>,
     ) -> Snapshot {
-        let now = clock::now_ms();
-        let own_zone = config.balance.zone.clone();
-        let route_name = config.sticky.route_cookie.clone();
-        let mut nodes = Vec::with_capacity(config.nodes.len());
-        let node_tls = {
-            let mut c = (*tls.upstream).clone();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            tokio_rustls::TlsConnector::from(Arc::new(c))
+        let nodes = {
+            let make = NodeMaker::new(&config, &tls, registry, &route_key);
+            let configured = config.nodes.iter().map(|n| NodeSpec {
+                id: n.id.clone(),
+                addr: n.address,
+                zone: n.zone.clone(),
+                engine: n.engine.clone(),
+                https: n.tls,
+                retiring_until_ms: None,
+            });
+            let retiring = prev.map(|p| retiring(p, &config)).unwrap_or_default();
+            configured
+                .chain(retiring)
+                .map(|spec| make.node(spec))
+                .collect::<Vec<_>>()
         };
-        let server_names: HashMap<String, String> = config
-            .nodes
-            .iter()
-            .filter_map(|n| n.server_name.clone().map(|s| (n.id.clone(), s)))
-            .collect();
-        let make = |id: &str,
-                    addr: std::net::SocketAddr,
-                    zone: Option<String>,
-                    engine: Option<String>,
-                    https: bool,
-                    retiring: Option<u64>| {
-            let state = registry.get_or_create(id);
-            let value = route_key.value_for(id);
-            let cookie = format!("{route_name}={value}; Path=/; HttpOnly; SameSite=Lax");
-            let local = match (&own_zone, &zone) {
-                (Some(own), Some(z)) => own == z,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            Node {
-                id: state.id.clone(),
-                state,
-                scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
-                authority: Authority::try_from(addr.to_string().as_str())
-                    .expect("a socket address is a valid authority"),
-                zone,
-                local,
-                retiring_until_ms: retiring,
-                route_value: value.into_bytes().into(),
-                set_cookie: HeaderValue::from_str(&cookie).expect("checked cookie name and value"),
-                set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
-                    .expect("checked cookie name and value"),
-                engine,
-                pool: Pool::new(
-                    NodeConnector {
-                        addr,
-                        timeout: config.upstream.connect_timeout,
-                        tls: https.then(|| {
-                            let name = server_names.get(id).map(String::as_str);
-                            (node_tls.clone(), NodeConnector::server_name(addr, name))
-                        }),
-                    },
-                    config.upstream.pool_max_idle_per_node,
-                    config.upstream.pool_idle_timeout,
-                ),
-                metrics: NodeMetrics::new(id),
-            }
-        };
-        for n in &config.nodes {
-            nodes.push(make(
-                &n.id,
-                n.address,
-                n.zone.clone(),
-                n.engine.clone(),
-                n.tls,
-                None,
-            ));
-        }
-        if let Some(prev) = prev {
-            let drain = config.shutdown.drain_timeout.as_millis() as u64;
-            for old in &prev.nodes {
-                if config.node(&old.id).is_some() {
-                    continue;
-                }
-                let until = old.retiring_until_ms.unwrap_or(now + drain);
-                if until <= now {
-                    continue;
-                }
-                let addr = old
-                    .authority
-                    .as_str()
-                    .parse()
-                    .expect("authority made from a socket address");
-                nodes.push(make(
-                    &old.id,
-                    addr,
-                    old.zone.clone(),
-                    old.engine.clone(),
-                    old.scheme == Scheme::HTTPS,
-                    Some(until),
-                ));
-            }
-        }
         let by_id = nodes
             .iter()
             .enumerate()
@@ -222,20 +147,6 @@ impl Snapshot {
             .enumerate()
             .map(|(i, n)| (n.state.idx, NodePos(i)))
             .collect();
-        let selector: Box<dyn Selector> = match (config.balance.strategy, ranking) {
-            (BalanceStrategy::RoundRobin, _) => Box::new(RoundRobin::default()),
-            (BalanceStrategy::LeastConnections, _) => Box::new(LeastConnections::default()),
-            (BalanceStrategy::LeastLoaded, Some(r)) => Box::new(LeastLoaded::new(r)),
-            (BalanceStrategy::LeastLoaded, None) => Box::new(RoundRobin::default()),
-        };
-        let hsts =
-            (config.listener.tls.is_some() && !config.listener.hsts_max_age.is_zero()).then(|| {
-                HeaderValue::from_str(&format!(
-                    "max-age={}",
-                    config.listener.hsts_max_age.as_secs()
-                ))
-                .expect("digits are a valid header value")
-            });
         Snapshot {
             session_names: SessionCookieNames::new(
                 &config.sticky.session_cookies,
@@ -249,14 +160,14 @@ impl Snapshot {
             listener_tls: tls
                 .listener
                 .map(|c| Acceptor(tokio_rustls::TlsAcceptor::from(c))),
-            hsts,
+            hsts: hsts(&config),
             allowed_hosts: config.listener.allowed_hosts.clone(),
             websocket_origins: config.listener.websocket_origins.clone(),
+            selector: selector(config.balance.strategy, ranking),
             config: Arc::new(config),
             nodes,
             by_id,
             by_idx,
-            selector,
         }
     }
 
@@ -308,4 +219,151 @@ impl Snapshot {
         }
         self.selector.pick(&candidates).map(|c| positions[c])
     }
+}
+
+/// What a node of a snapshot is made from.
+struct NodeSpec {
+    id: String,
+    addr: SocketAddr,
+    zone: Option<String>,
+    engine: Option<String>,
+    https: bool,
+    retiring_until_ms: Option<u64>,
+}
+
+/// The nodes of `prev` that `config` no longer has and whose drain deadline has not passed.
+fn retiring(prev: &Snapshot, config: &Config) -> Vec<NodeSpec> {
+    let now = clock::now_ms();
+    let drain = config.shutdown.drain_timeout.as_millis() as u64;
+    let mut out = Vec::new();
+    for old in &prev.nodes {
+        if config.node(&old.id).is_some() {
+            continue;
+        }
+        let until = old.retiring_until_ms.unwrap_or(now + drain);
+        if until <= now {
+            continue;
+        }
+        out.push(NodeSpec {
+            id: old.id.to_string(),
+            addr: old
+                .authority
+                .as_str()
+                .parse()
+                .expect("authority made from a socket address"),
+            zone: old.zone.clone(),
+            engine: old.engine.clone(),
+            https: old.scheme == Scheme::HTTPS,
+            retiring_until_ms: Some(until),
+        });
+    }
+    out
+}
+
+/// Makes the nodes of one snapshot: live state from the registry, prepared route cookie
+/// headers and metric handles, a pool with the node's connector.
+struct NodeMaker<'a> {
+    config: &'a Config,
+    registry: &'a NodeRegistry,
+    route_key: &'a RouteKey,
+    node_tls: tokio_rustls::TlsConnector,
+    server_names: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> NodeMaker<'a> {
+    fn new(
+        config: &'a Config,
+        tls: &crate::tls::Loaded,
+        registry: &'a NodeRegistry,
+        route_key: &'a RouteKey,
+    ) -> Self {
+        let node_tls = {
+            let mut c = (*tls.upstream).clone();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(c))
+        };
+        let server_names = config
+            .nodes
+            .iter()
+            .filter_map(|n| n.server_name.as_deref().map(|s| (n.id.as_str(), s)))
+            .collect();
+        NodeMaker {
+            config,
+            registry,
+            route_key,
+            node_tls,
+            server_names,
+        }
+    }
+
+    fn node(&self, spec: NodeSpec) -> Node {
+        let NodeSpec {
+            id,
+            addr,
+            zone,
+            engine,
+            https,
+            retiring_until_ms,
+        } = spec;
+        let config = self.config;
+        let state = self.registry.get_or_create(&id);
+        let value = self.route_key.value_for(&id);
+        let route_name = &config.sticky.route_cookie;
+        let cookie = format!("{route_name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        let local = match (&config.balance.zone, &zone) {
+            (Some(own), Some(z)) => own == z,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let connector = NodeConnector {
+            addr,
+            timeout: config.upstream.connect_timeout,
+            tls: https.then(|| {
+                let name = self.server_names.get(id.as_str()).copied();
+                (
+                    self.node_tls.clone(),
+                    NodeConnector::server_name(addr, name),
+                )
+            }),
+        };
+        Node {
+            id: state.id.clone(),
+            state,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority: Authority::try_from(addr.to_string().as_str())
+                .expect("a socket address is a valid authority"),
+            zone,
+            local,
+            retiring_until_ms,
+            route_value: value.into_bytes().into(),
+            set_cookie: HeaderValue::from_str(&cookie).expect("checked cookie name and value"),
+            set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
+                .expect("checked cookie name and value"),
+            engine,
+            pool: Pool::new(
+                connector,
+                config.upstream.pool_max_idle_per_node,
+                config.upstream.pool_idle_timeout,
+            ),
+            metrics: NodeMetrics::new(&id),
+        }
+    }
+}
+
+fn selector(strategy: BalanceStrategy, ranking: Option<Arc<dyn LoadRanking>>) -> Box<dyn Selector> {
+    match (strategy, ranking) {
+        (BalanceStrategy::RoundRobin, _) => Box::new(RoundRobin::default()),
+        (BalanceStrategy::LeastConnections, _) => Box::new(LeastConnections::default()),
+        (BalanceStrategy::LeastLoaded, Some(r)) => Box::new(LeastLoaded::new(r)),
+        (BalanceStrategy::LeastLoaded, None) => Box::new(RoundRobin::default()),
+    }
+}
+
+/// `Strict-Transport-Security` for HTTPS answers, when enabled.
+fn hsts(config: &Config) -> Option<HeaderValue> {
+    let max_age = config.listener.hsts_max_age;
+    (config.listener.tls.is_some() && !max_age.is_zero()).then(|| {
+        HeaderValue::from_str(&format!("max-age={}", max_age.as_secs()))
+            .expect("digits are a valid header value")
+    })
 }
