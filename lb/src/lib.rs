@@ -85,11 +85,11 @@ pub fn summary(c: &Config) -> String {
         }
     }
     match &c.module {
-        Some(m) => {
+        Some(module) => {
             let _ = writeln!(
                 s,
                 "  module API    {} (base path {})",
-                m.address, m.base_path
+                module.address, module.base_path
             );
         }
         None => {

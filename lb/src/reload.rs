@@ -111,7 +111,7 @@ fn listeners_kept(
         [
             Some(c.listener.address),
             c.admin.as_ref().map(|a| a.address),
-            c.module.as_ref().map(|m| m.address),
+            c.module.as_ref().map(|module| module.address),
         ]
     };
     let (was, now) = (addrs(old), addrs(new));

@@ -52,13 +52,13 @@ impl Server {
         let tasks = TaskTracker::new();
 
         let module_addr = match &config.module {
-            Some(m) => {
-                let (l, addr) = bind_for(m.address, "module.address")?;
+            Some(module) => {
+                let (l, addr) = bind_for(module.address, "module.address")?;
                 let router = lb_module_api::router(
                     state.telemetry.module_source(),
-                    &m.base_path,
+                    &module.base_path,
                     lb_module_api::RouterOptions {
-                        body_limit: m.body_limit,
+                        body_limit: module.body_limit,
                     },
                 );
                 let tls = module_tls.map(tokio_rustls::TlsAcceptor::from);

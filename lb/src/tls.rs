@@ -235,7 +235,7 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
         Some(t) => server_config(t).map_err(|e| err("listener.tls", e)).ok(),
         None => None,
     };
-    let module = match c.module.as_ref().and_then(|m| m.tls.as_ref()) {
+    let module = match c.module.as_ref().and_then(|module| module.tls.as_ref()) {
         Some(t) => server_config(t).map_err(|e| err("module.tls", e)).ok(),
         None => None,
     };

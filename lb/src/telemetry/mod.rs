@@ -26,6 +26,7 @@
 
 mod poll;
 mod ranking;
+mod status;
 mod targets;
 mod tls;
 
@@ -40,12 +41,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use lb_module_api::{EngineSample, EngineSource, EngineState, EngineView, RankPolicy};
+use lb_module_api::{EngineSample, EngineSource, EngineView, RankPolicy};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use poll::CPU_SMOOTHING;
 pub use ranking::TelemetryRanking;
+pub use status::{EngineStatus, TelemetryState};
+use status::{Freshness, Published, Slot};
 pub use targets::targets;
 
 /// The header sent with every poll unless the target sets it: Qlik's service account.
@@ -142,140 +145,6 @@ pub enum TelemetryError {
     /// Zero interval or timeout.
     #[error("telemetry {0} must be greater than zero")]
     ZeroDuration(&'static str),
-}
-
-/// Health of an engine's telemetry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TelemetryState {
-    /// The last poll succeeded within the last three intervals.
-    Fresh,
-    /// The last poll did not fail, but the last sample is older than three intervals.
-    Stale,
-    /// The last poll failed.
-    Unreachable {
-        /// Why, e.g. `timed out after 2s` or `connect to node1:4747: Connection refused`.
-        reason: String,
-    },
-    /// No poll has finished yet.
-    Unknown,
-}
-
-/// What is known about one engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineStatus {
-    /// The last good sample (kept while the engine is unreachable).
-    pub sample: Option<Arc<EngineSample>>,
-    /// When the last good sample arrived.
-    pub at: Option<Instant>,
-    /// Exponentially weighted moving average of `cpu.total` (weight [`CPU_SMOOTHING`]).
-    pub smoothed_cpu: Option<f64>,
-    /// The state now.
-    pub state: TelemetryState,
-    /// The most recent poll error, even if polls have succeeded since.
-    pub last_error: Option<String>,
-}
-
-impl EngineStatus {
-    /// The view the ranking uses.
-    pub fn view(&self) -> EngineView {
-        let state = match (&self.state, &self.sample) {
-            (TelemetryState::Fresh, Some(s)) => EngineState::Fresh(s.clone()),
-            (TelemetryState::Fresh, None) | (TelemetryState::Unknown, _) => EngineState::Unknown,
-            (TelemetryState::Stale, _) => EngineState::Stale,
-            (TelemetryState::Unreachable { .. }, _) => EngineState::Unreachable,
-        };
-        EngineView {
-            state,
-            smoothed_cpu: self.smoothed_cpu,
-        }
-    }
-}
-
-/// What a poll task last published; read lock-free.
-#[derive(Debug, Default)]
-struct Published {
-    sample: Option<Arc<EngineSample>>,
-    at: Option<Instant>,
-    smoothed_cpu: Option<f64>,
-    /// Set while the last poll failed.
-    failure: Option<String>,
-    last_error: Option<String>,
-}
-
-/// The published state of one engine.
-#[derive(Debug)]
-struct Slot {
-    snapshot: ArcSwap<Published>,
-    interval: Duration,
-}
-
-/// How current an engine's telemetry is: decided here only, for the status, the ranking and
-/// the saturation gate alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Freshness {
-    Fresh,
-    Stale,
-    Unreachable,
-    Unknown,
-}
-
-impl Published {
-    /// The last poll failed: unreachable; a good sample within [`STALE_AFTER_INTERVALS`]
-    /// intervals: fresh; an older one: stale; none yet: unknown.
-    fn freshness(&self, interval: Duration, now: Instant) -> Freshness {
-        if self.failure.is_some() {
-            return Freshness::Unreachable;
-        }
-        match (&self.sample, self.at) {
-            (Some(_), Some(at)) => {
-                if now.saturating_duration_since(at) > interval * STALE_AFTER_INTERVALS {
-                    Freshness::Stale
-                } else {
-                    Freshness::Fresh
-                }
-            }
-            _ => Freshness::Unknown,
-        }
-    }
-}
-
-impl Slot {
-    fn freshness(&self, now: Instant) -> Freshness {
-        self.snapshot.load().freshness(self.interval, now)
-    }
-
-    fn status(&self, now: Instant) -> EngineStatus {
-        let snap = self.snapshot.load();
-        let state = match snap.freshness(self.interval, now) {
-            Freshness::Fresh => TelemetryState::Fresh,
-            Freshness::Stale => TelemetryState::Stale,
-            Freshness::Unreachable => TelemetryState::Unreachable {
-                reason: snap.failure.clone().unwrap_or_default(),
-            },
-            Freshness::Unknown => TelemetryState::Unknown,
-        };
-        EngineStatus {
-            sample: snap.sample.clone(),
-            at: snap.at,
-            smoothed_cpu: snap.smoothed_cpu,
-            state,
-            last_error: snap.last_error.clone(),
-        }
-    }
-
-    fn view(&self, now: Instant) -> EngineView {
-        let snap = self.snapshot.load();
-        let state = match (snap.freshness(self.interval, now), &snap.sample) {
-            (Freshness::Fresh, Some(sample)) => EngineState::Fresh(sample.clone()),
-            (Freshness::Stale, _) => EngineState::Stale,
-            (Freshness::Unreachable, _) => EngineState::Unreachable,
-            (Freshness::Fresh | Freshness::Unknown, _) => EngineState::Unknown,
-        };
-        EngineView {
-            state,
-            smoothed_cpu: snap.smoothed_cpu,
-        }
-    }
 }
 
 /// Lookup tables swapped whole by `set_targets`.

@@ -203,20 +203,20 @@ pub(super) async fn run(job: PollJob) {
     }
 }
 
-fn record_sample(m: &EngineMetrics, s: &EngineSample, smoothed: f64, policy: &RankPolicy) {
-    m.ok.increment(1);
-    m.up.set(1.0);
-    m.cpu.set(s.cpu_total);
-    m.free.set(s.mem_free * MB);
+fn record_sample(metrics: &EngineMetrics, s: &EngineSample, smoothed: f64, policy: &RankPolicy) {
+    metrics.ok.increment(1);
+    metrics.up.set(1.0);
+    metrics.cpu.set(s.cpu_total);
+    metrics.free.set(s.mem_free * MB);
     if let Some(total) = s.mem_total_physical {
-        m.total.set(total * MB);
+        metrics.total.set(total * MB);
     }
-    m.saturated.set(if policy.is_saturated(s, smoothed) {
+    metrics.saturated.set(if policy.is_saturated(s, smoothed) {
         1.0
     } else {
         0.0
     });
-    m.sessions.set(s.sessions_active as f64);
+    metrics.sessions.set(s.sessions_active as f64);
 }
 
 /// `interval` scaled by a random factor in [0.9, 1.1], so pollers do not march in step.

@@ -68,12 +68,12 @@ mod tests {
         assert!(!n.usable(clock::now_ms()));
         assert!(n.passively_down(clock::now_ms()));
         // Disabled: never out.
-        let m = r.get_or_create("qps2");
+        let other = r.get_or_create("qps2");
         for _ in 0..100 {
-            assert!(!m.note_error(0, 60_000, 60_000));
+            assert!(!other.note_error(0, 60_000, 60_000));
         }
-        assert!(m.usable(clock::now_ms()));
-        assert_eq!(m.failures_total.load(Ordering::Relaxed), 100);
+        assert!(other.usable(clock::now_ms()));
+        assert_eq!(other.failures_total.load(Ordering::Relaxed), 100);
     }
 
     #[test]
