@@ -11,7 +11,7 @@ use lb_config::Config;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::{self, bind};
+use crate::listen::{self, bind, Lifetime};
 use crate::state::{ReloadStatus, State};
 
 /// A running balancer.
@@ -67,7 +67,7 @@ impl Server {
                     "module",
                     router,
                     tls,
-                    state.clone(),
+                    Lifetime::of(&state),
                 ));
                 tracing::info!(%addr, "Qlik load balancing module API ready");
                 Some(addr)
@@ -89,7 +89,7 @@ impl Server {
                     "admin",
                     router,
                     None,
-                    state.clone(),
+                    Lifetime::of(&state),
                 ));
                 tracing::info!(%addr, "admin listener ready");
                 Some(addr)
@@ -98,7 +98,7 @@ impl Server {
         };
         if let Some(addr) = config.listener.redirect_address {
             let (l, _) = bind_for(addr, "listener.redirect_address")?;
-            tasks.spawn(listen::serve_redirect(l, state.clone()));
+            tasks.spawn(listen::serve_redirect(l, Lifetime::of(&state)));
             tracing::info!(%addr, "HTTP-to-HTTPS redirect listener ready");
         }
         *state.bound.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -107,7 +107,7 @@ impl Server {
         tasks.spawn(listen::accept_loop(
             proxy,
             "proxy",
-            state.clone(),
+            Lifetime::of(&state),
             move |stream, peer| listen::proxy::accept(&accept_state, stream, peer),
         ));
         tasks.spawn(crate::tasks::sweeper(state.clone()));

@@ -37,6 +37,7 @@ use subtle::ConstantTimeEq;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::clock;
+use crate::listen::Lifetime;
 use crate::state::State;
 use crate::status::{AdminError, NOT_READY, RELOAD_REFUSED};
 use crate::upstream::AdminState;
@@ -92,15 +93,29 @@ pub fn router(ctx: AdminCtx) -> Router {
         .with_state(app)
 }
 
-/// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish.
+/// Serves `router` on `listener` (through the balancer's one accept loop) until `stop`
+/// completes, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+    let life = Lifetime {
+        stop: tokio_util::sync::CancellationToken::new(),
+        conns: tokio_util::task::TaskTracker::new(),
+    };
+    let accept = crate::listen::serve_router(listener, "admin", router, None, life.clone());
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = stop => {
+            life.stop.cancel();
+            accept.await;
+        }
+    }
+    life.conns.close();
+    life.conns.wait().await;
+    Ok(())
 }
 
 fn digest(s: &str) -> [u8; 32] {

@@ -12,7 +12,6 @@ pub mod proxy_protocol;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -21,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::state::State;
 use crate::status::Refusal;
@@ -43,11 +43,29 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// What a listener makes of an accepted connection: the future that serves it, or a refusal.
 pub type Accepted<F> = Result<F, (TcpStream, Refusal)>;
 
-/// Accepts until shutdown; `on_accept` decides about each connection.
+/// When a listener stops accepting, and where its connections run (so that shutdown can wait
+/// for them).
+#[derive(Clone)]
+pub struct Lifetime {
+    pub stop: CancellationToken,
+    pub conns: TaskTracker,
+}
+
+impl Lifetime {
+    /// The balancer's: its shutdown token and connection tracker.
+    pub fn of(state: &State) -> Lifetime {
+        Lifetime {
+            stop: state.shutdown.clone(),
+            conns: state.conns.clone(),
+        }
+    }
+}
+
+/// Accepts until `life.stop`; `on_accept` decides about each connection.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
     what: &'static str,
-    state: Arc<State>,
+    life: Lifetime,
     mut on_accept: H,
 ) where
     H: FnMut(TcpStream, SocketAddr) -> Accepted<F>,
@@ -55,7 +73,7 @@ pub async fn accept_loop<H, F>(
 {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = life.stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -68,7 +86,7 @@ pub async fn accept_loop<H, F>(
         };
         match on_accept(stream, peer) {
             Ok(serve) => {
-                state.conns.spawn(serve);
+                life.conns.spawn(serve);
             }
             Err((stream, refusal)) => {
                 tokio::spawn(refuse(stream, refusal));
@@ -115,11 +133,11 @@ pub async fn serve_router(
     what: &'static str,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    state: Arc<State>,
+    life: Lifetime,
 ) {
     let svc = hyper_util::service::TowerToHyperService::new(router);
-    let stop = state.shutdown.clone();
-    accept_loop(listener, what, state, move |stream, peer| {
+    let stop = life.stop.clone();
+    accept_loop(listener, what, life, move |stream, peer| {
         let (svc, stop, tls) = (svc.clone(), stop.clone(), tls.clone());
         Ok(async move {
             match tls {
@@ -140,9 +158,9 @@ pub async fn serve_router(
 }
 
 /// The optional plain HTTP listener: every request is redirected (308) to HTTPS.
-pub async fn serve_redirect(listener: TcpListener, state: Arc<State>) {
-    let stop = state.shutdown.clone();
-    accept_loop(listener, "redirect", state, move |stream, _| {
+pub async fn serve_redirect(listener: TcpListener, life: Lifetime) {
+    let stop = life.stop.clone();
+    accept_loop(listener, "redirect", life, move |stream, _| {
         let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
             let host = req
                 .headers()
