@@ -7,11 +7,11 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lb::runtime::Runtime;
+use lb::snapshot::Snapshot;
 use lb::sticky::{cookie, route, RouteKey, StickyTable};
 use lb::upstream::NodeRegistry;
 
-fn runtime(nodes: usize, strategy: &str) -> Runtime {
+fn snapshot(nodes: usize, strategy: &str) -> Snapshot {
     let mut t =
         format!("[listener]\naddress = \"127.0.0.1:0\"\n[balance]\nstrategy = \"{strategy}\"\n");
     for i in 0..nodes {
@@ -22,7 +22,7 @@ fn runtime(nodes: usize, strategy: &str) -> Runtime {
     }
     let c = lb_config::Config::from_toml(&t, Path::new(".")).unwrap();
     let tls = lb::tls::load(&c).unwrap();
-    Runtime::build(
+    Snapshot::build(
         c,
         tls,
         None,
@@ -43,9 +43,9 @@ fn bench(c: &mut Criterion) {
         (8, "round-robin"),
         (8, "least-connections"),
     ] {
-        let rt = runtime(n, strategy);
+        let snap = snapshot(n, strategy);
         c.bench_function(&format!("select_new/{strategy}/{n}"), |b| {
-            b.iter(|| black_box(rt.select_new(black_box(now), None)))
+            b.iter(|| black_box(snap.select_new(black_box(now), None)))
         });
     }
 

@@ -123,7 +123,7 @@ fn main() {
         let per = (after - before - harness) as f64 / N as f64;
         println!(
             "heap per idle tunnel: {per:.0} bytes ({} tunnels open; balancer and both sockets' user-space state)",
-            server.shared.open_tunnels.load(Ordering::Relaxed)
+            server.test_handle().open_tunnels()
         );
         for (i, c) in BY_CLASS.iter().enumerate() {
             let d = c.load(Ordering::Relaxed) - classes_before[i];

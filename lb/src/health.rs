@@ -1,8 +1,10 @@
 //! Active health checks of the QPS nodes, and slow start.
 //!
 //! Every `health.interval`, each node of the current snapshot is checked: an HTTP `GET` of
-//! `health.path` on a fresh connection (an HTTPS node through the proxy's own client, with its
-//! TLS settings), or, with an empty path, a plain TCP connect; bounded by `health.timeout`. A status within `health.expect_status` is a success. As in HAProxy, a
+//! `health.path` on a fresh connection made by the node's own connector (the one the proxy
+//! uses: same TLS settings, the certificate checked against the node's `server_name`), or,
+//! with an empty path, a plain TCP connect; bounded by `health.timeout`. A status within
+//! `health.expect_status` is a success. As in HAProxy, a
 //! node goes down after `health.fall` consecutive failures and comes back after `health.rise`
 //! consecutive successes; each transition is logged once and flips
 //! [`NodeState::set_healthy`], which the proxy reads (a down node gets no new session and its
@@ -14,8 +16,8 @@
 //!
 //! Metrics: `lb_health_checks_total{node, result="ok"|"fail"}` and `lb_node_up{node}`.
 //!
-//! Slow start ([`slow_start_admits`]): for `health.slow_start` after a node came back, it
-//! takes a growing share of new sessions.
+//! Slow start, which begins when a check brings a node back, lives in
+//! [`upstream`](crate::upstream::slow_start_admits).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,75 +26,69 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Scheme;
 use http::{header, HeaderValue, Method, Request, Uri};
-use http_body_util::{Either, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::Empty;
 use lb_config::Health;
 use tokio::task::JoinSet;
 
-use crate::runtime::{NodeRt, Runtime, UpstreamClient};
-use crate::server::Shared;
-use crate::upstream::NodeState;
-
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+use crate::snapshot::{Node, Snapshot};
+use crate::state::State;
+use crate::upstream::{NodeConnector, NodeState};
 
 /// How often the configuration is looked at again while checks are disabled.
 const DISABLED_POLL: Duration = Duration::from_secs(1);
 
-/// The smallest share of new sessions a node takes at the start of its slow start window.
-pub const SLOW_START_MIN_SHARE: f64 = 0.05;
-
-/// Runs the health checks until `shared.shutdown` is cancelled. Interval, path, timeout,
+/// Runs the health checks until `state.shutdown` is cancelled. Interval, path, timeout,
 /// rise and fall are read from the current snapshot before every round, so a reload applies
 /// at the next round; each node's streak lives in its [`NodeState`] and survives reloads.
-pub async fn run(shared: Arc<Shared>) {
-    let client = build_client();
+pub async fn run(state: Arc<State>) {
     let mut was_enabled = true;
     loop {
-        let rt = shared.runtime.load_full();
-        let cfg = rt.config.health.clone();
+        let snap = state.snapshot.load_full();
+        let cfg = snap.config.health.clone();
         let wait = if cfg.enabled {
             was_enabled = true;
-            let round = check_round(&client, &rt, &cfg);
+            let round = check_round(&snap, &cfg);
             tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = state.shutdown.cancelled() => return,
                 _ = round => {}
             }
             cfg.interval
         } else {
             if was_enabled {
-                // Checks switched off: nothing would ever bring a down node back.
-                for n in &rt.nodes {
-                    n.state.check_streak.store(0, Ordering::Relaxed);
-                    if !n.state.healthy() {
-                        tracing::info!(node = %n.id, "health checks disabled: node considered up");
-                        n.state.set_healthy(true);
-                    }
-                    metrics::gauge!("lb_node_up", "node" => n.id.to_string()).set(1.0);
-                }
+                checks_disabled(&snap);
                 was_enabled = false;
             }
             DISABLED_POLL
         };
-        drop(rt);
+        drop(snap);
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
+/// Checks switched off: nothing would ever bring a down node back, so every node is up.
+fn checks_disabled(snap: &Snapshot) {
+    for n in &snap.nodes {
+        n.state.check_streak.store(0, Ordering::Relaxed);
+        if !n.state.healthy() {
+            tracing::info!(node = %n.id, "health checks disabled: node considered up");
+            n.state.set_healthy(true);
+        }
+        metrics::gauge!("lb_node_up", "node" => n.id.to_string()).set(1.0);
+    }
+}
+
 /// Checks every node of a snapshot at once and applies the results.
-async fn check_round(client: &CheckClient, rt: &Runtime, cfg: &Health) {
+async fn check_round(snap: &Snapshot, cfg: &Health) {
     let mut set = JoinSet::new();
-    for n in &rt.nodes {
-        let target = Target::of(n, &cfg.path, &rt.client);
-        let client = client.clone();
+    for n in &snap.nodes {
+        let target = Target::of(n, &cfg.path);
         let (timeout, expect) = (cfg.timeout, cfg.expect_status);
         let state = n.state.clone();
         set.spawn(async move {
-            let r = check(&client, &target, timeout, expect).await;
+            let r = check(&target, timeout, expect).await;
             (state, r)
         });
     }
@@ -104,97 +100,91 @@ async fn check_round(client: &CheckClient, rt: &Runtime, cfg: &Health) {
     }
 }
 
-/// Where and how to check one node.
+/// Where and how to check one node: a `GET` through the node's connector (HTTP or HTTPS), or
+/// without one a plain TCP connect.
 #[derive(Debug, Clone)]
-enum Target {
-    Http {
-        uri: Uri,
-        host: HeaderValue,
-    },
-    /// An HTTPS node, checked through the proxy's own client (same TLS settings).
-    Https {
-        uri: Uri,
-        host: HeaderValue,
-        client: UpstreamClient,
-    },
-    Tcp {
-        authority: String,
-    },
+struct Target {
+    connector: NodeConnector,
+    get: Option<Get>,
+}
+
+#[derive(Debug, Clone)]
+struct Get {
+    /// The absolute URL, for messages.
+    uri: Uri,
+    /// The origin-form target sent.
+    path: Uri,
+    host: HeaderValue,
 }
 
 impl Target {
-    fn of(n: &NodeRt, path: &str, tls_client: &UpstreamClient) -> Target {
-        let authority = n.authority.as_str().to_string();
-        let tls = n.scheme == Scheme::HTTPS;
-        if path.is_empty() || !(tls || n.scheme == Scheme::HTTP) {
-            return Target::Tcp { authority };
+    fn of(n: &Node, path: &str) -> Target {
+        let connector = n.pool.connector().clone();
+        let web = n.scheme == Scheme::HTTPS || n.scheme == Scheme::HTTP;
+        if path.is_empty() || !web {
+            return Target {
+                connector,
+                get: None,
+            };
         }
         let uri = Uri::builder()
             .scheme(n.scheme.clone())
             .authority(n.authority.clone())
             .path_and_query(path)
             .build();
-        match (uri, HeaderValue::from_str(&authority)) {
-            (Ok(uri), Ok(host)) if tls => Target::Https {
-                uri,
-                host,
-                client: tls_client.clone(),
+        let get = match uri {
+            Ok(uri) => match (
+                uri.path_and_query().cloned().map(Uri::from),
+                HeaderValue::from_str(n.authority.as_str()),
+            ) {
+                (Some(path), Ok(host)) => Some(Get { uri, path, host }),
+                _ => None,
             },
-            (Ok(uri), Ok(host)) => Target::Http { uri, host },
-            _ => Target::Tcp { authority },
-        }
+            Err(_) => None,
+        };
+        Target { connector, get }
     }
 }
 
 /// The outcome of one check: `Err` carries a short reason for the log.
 type CheckResult = Result<(), String>;
 
-async fn check(
-    client: &CheckClient,
-    target: &Target,
-    timeout: Duration,
-    expect: (u16, u16),
-) -> CheckResult {
-    match target {
-        Target::Tcp { authority } => {
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority.as_str()))
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("connect to {authority}: {e}")),
-                Err(_) => Err(format!(
-                    "connect to {authority}: timed out after {timeout:?}"
-                )),
-            }
-        }
-        Target::Http { uri, host } => {
-            let req = request(uri, host, Empty::new())?;
-            judge(uri, timeout, expect, client.request(req)).await
-        }
-        Target::Https { uri, host, client } => {
-            let req = request(uri, host, Either::Right(Empty::new()))?;
-            judge(uri, timeout, expect, client.request(req)).await
-        }
-    }
+async fn check(target: &Target, timeout: Duration, expect: (u16, u16)) -> CheckResult {
+    let connector = &target.connector;
+    let Some(get) = &target.get else {
+        let addr = connector.addr;
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
+            Err(_) => Err(format!("connect to {addr}: timed out after {timeout:?}")),
+        };
+    };
+    let req = request(&get.path, &get.host)?;
+    let answer = async {
+        // Each check opens a fresh connection: a check proves the node still accepts them.
+        let mut sender = connector.http1::<Empty<Bytes>>().await?;
+        sender.send_request(req).await.map_err(|e| error_chain(&e))
+    };
+    judge(&get.uri, timeout, expect, answer).await
 }
 
-fn request<B>(uri: &Uri, host: &HeaderValue, body: B) -> Result<Request<B>, String> {
+fn request(path: &Uri, host: &HeaderValue) -> Result<Request<Empty<Bytes>>, String> {
     Request::builder()
         .method(Method::GET)
-        .uri(uri.clone())
+        .uri(path.clone())
         .header(header::HOST, host.clone())
         .header(header::USER_AGENT, "lb-health-check")
         .header(header::CONNECTION, "close")
-        .body(body)
+        .body(Empty::new())
         .map_err(|e| e.to_string())
 }
 
 /// Waits for the answer to a check request and judges its status.
-async fn judge<B, E: std::error::Error>(
+async fn judge<B>(
     uri: &Uri,
     timeout: Duration,
     expect: (u16, u16),
-    answer: impl std::future::Future<Output = Result<http::Response<B>, E>>,
+    answer: impl std::future::Future<Output = Result<http::Response<B>, String>>,
 ) -> CheckResult {
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(resp)) => {
@@ -208,7 +198,7 @@ async fn judge<B, E: std::error::Error>(
                 ))
             }
         }
-        Ok(Err(e)) => Err(format!("GET {uri}: {}", error_chain(&e))),
+        Ok(Err(e)) => Err(format!("GET {uri}: {e}")),
         Err(_) => Err(format!("GET {uri}: timed out after {timeout:?}")),
     }
 }
@@ -287,92 +277,13 @@ fn step(up: bool, streak: u32, ok: bool, rise: u32, fall: u32) -> Step {
     }
 }
 
-fn build_client() -> CheckClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    // Each check opens a fresh connection: a check proves the node still accepts them.
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(http)
-}
-
-/// Slow start: may node `state` take a new session now? During `window` after the node came
-/// back (`up_since_ms`), it admits a share of new sessions growing linearly from 5% to 100%;
-/// outside the window, with a zero window or a node never marked up again, always.
-pub fn slow_start_admits(state: &NodeState, now_ms: u64, window: Duration) -> bool {
-    let up_since = state.up_since_ms.load(Ordering::Relaxed);
-    if slow_start_share(up_since, now_ms, window).is_none() {
-        return true;
-    }
-    admits_with(up_since, now_ms, window, rand::random::<f64>())
-}
-
-/// True while node `state` is within its slow start window.
-pub fn in_slow_start(state: &NodeState, now_ms: u64, window: Duration) -> bool {
-    slow_start_share(state.up_since_ms.load(Ordering::Relaxed), now_ms, window).is_some()
-}
-
-/// The share of new sessions a node admits, or `None` outside the slow start window.
-fn slow_start_share(up_since_ms: u64, now_ms: u64, window: Duration) -> Option<f64> {
-    let w = window.as_millis() as u64;
-    if w == 0 || up_since_ms == 0 || now_ms >= up_since_ms.saturating_add(w) {
-        return None;
-    }
-    let elapsed = now_ms.saturating_sub(up_since_ms);
-    Some((elapsed as f64 / w as f64).clamp(SLOW_START_MIN_SHARE, 1.0))
-}
-
-/// [`slow_start_admits`] with the random draw `r` in `[0, 1)` given.
-fn admits_with(up_since_ms: u64, now_ms: u64, window: Duration, r: f64) -> bool {
-    match slow_start_share(up_since_ms, now_ms, window) {
-        None => true,
-        Some(share) => r < share,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock;
+    use crate::upstream::in_slow_start;
 
     const W: Duration = Duration::from_secs(10);
-
-    #[test]
-    fn outside_the_window_always_admits() {
-        // Never came back (0), zero window, window over.
-        assert!(admits_with(0, 5_000, W, 0.999));
-        assert!(admits_with(1_000, 1_500, Duration::ZERO, 0.999));
-        assert!(admits_with(1_000, 11_000, W, 0.999));
-        assert!(admits_with(1_000, 50_000, W, 0.999));
-    }
-
-    #[test]
-    fn share_grows_linearly_with_a_floor() {
-        // Just back: only the 5% floor.
-        assert!(admits_with(1_000, 1_000, W, 0.04));
-        assert!(!admits_with(1_000, 1_000, W, 0.05));
-        assert!(!admits_with(1_000, 1_200, W, 0.06));
-        // A quarter in: 25%.
-        assert!(admits_with(1_000, 3_500, W, 0.24));
-        assert!(!admits_with(1_000, 3_500, W, 0.26));
-        // Halfway: 50%.
-        assert!(admits_with(1_000, 6_000, W, 0.49));
-        assert!(!admits_with(1_000, 6_000, W, 0.51));
-        // Almost done: 99%.
-        assert!(admits_with(1_000, 10_900, W, 0.98));
-        assert!(!admits_with(1_000, 10_900, W, 0.995));
-    }
-
-    #[test]
-    fn admitted_fraction_over_many_draws_matches_the_share() {
-        let draws = 1_000;
-        let admitted = (0..draws)
-            .filter(|i| admits_with(1_000, 4_000, W, *i as f64 / draws as f64))
-            .count();
-        assert_eq!(admitted, 300);
-    }
 
     #[test]
     fn rise_and_fall() {

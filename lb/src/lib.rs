@@ -4,26 +4,51 @@
 //! Sense Proxy Service nodes, each session kept on the node that issued it), the Qlik load
 //! balancing module API (engine ranking from live telemetry), and the admin API.
 //!
+//! The face is [`Server`] (start, reload, shutdown), [`check_config`] and [`summary`]. A
+//! request's steps run in [`proxy::serve`](crate::proxy) (admit -> choose -> rewrite -> send ->
+//! respond -> log). The modules, from the top down:
+//!
+//! - `server`: start and shutdown; owns the listeners and the background tasks.
+//! - `state`: what survives reloads (current snapshot, node registry, sticky table, counters).
+//! - [`snapshot`]: everything compiled from one configuration, swapped whole.
+//! - `reload`: old vs new configuration, refused (needs a restart) or applied, one at a time.
+//! - `listen`: bind, the one accept loop, the proxy connection (PROXY header, client slot, TLS).
+//! - `tasks`: the sticky sweeper, saturation sync, retired-node tunnels, the config watcher.
+//! - [`proxy`]: one request as named steps; `proxy::tunnel` splices an upgraded WebSocket.
+//! - [`status`]: every status the balancer itself answers (proxy errors, refusals, redirect,
+//!   admin API errors).
+//! - [`admin`]: the admin API (status, metrics, drain/ready/maint, reload) and status page.
+//! - `health`: active health checks (rise/fall) of the nodes.
+//! - [`upstream`]: node state and registry, slow start, selection, the one node connector, the
+//!   per-node pool.
 //! - [`sticky`]: learned Qlik session cookies, the signed route cookie, precedence.
-//! - [`upstream`]: node state that survives reloads, and node selection.
-//! - [`runtime`]: the snapshot compiled from one configuration.
-//! - [`proxy`]: forwarding, header rewriting, WebSocket tunnels, error statuses.
-//! - [`server`]: listeners, background tasks, graceful shutdown.
-//! - [`telemetry`]: engine health-check polling.
+//! - [`telemetry`]: engine health-check polling, freshness, the least-loaded ranking adapter.
+//! - [`tls`]: rustls server and client configurations.
+//! - [`proxy_protocol`]: the PROXY protocol v1/v2 header.
+//! - [`clock`]: the coarse millisecond clock of the hot path.
+//! - `testing`: a narrow read-only handle for the end-to-end tests (hidden).
 
 pub mod admin;
 pub mod clock;
-pub mod health;
+mod health;
+mod listen;
 pub mod proxy;
-pub mod proxy_protocol;
-pub mod runtime;
-pub mod server;
+mod reload;
+mod server;
+pub mod snapshot;
+mod state;
+pub mod status;
 pub mod sticky;
+mod tasks;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod upstream;
 
+pub use listen::proxy_protocol;
 pub use server::Server;
+pub use state::ReloadStatus;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -60,11 +85,11 @@ pub fn summary(c: &Config) -> String {
         }
     }
     match &c.module {
-        Some(m) => {
+        Some(module) => {
             let _ = writeln!(
                 s,
                 "  module API    {} (base path {})",
-                m.address, m.base_path
+                module.address, module.base_path
             );
         }
         None => {

@@ -204,6 +204,16 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
+/// The TLS acceptor of an HTTPS listener.
+#[derive(Clone)]
+pub struct Acceptor(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acceptor")
+    }
+}
+
 /// Everything TLS in a configuration, loaded and checked.
 #[derive(Clone)]
 pub struct Loaded {
@@ -225,7 +235,7 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
         Some(t) => server_config(t).map_err(|e| err("listener.tls", e)).ok(),
         None => None,
     };
-    let module = match c.module.as_ref().and_then(|m| m.tls.as_ref()) {
+    let module = match c.module.as_ref().and_then(|module| module.tls.as_ref()) {
         Some(t) => server_config(t).map_err(|e| err("module.tls", e)).ok(),
         None => None,
     };
@@ -243,5 +253,15 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
             upstream,
         }),
         _ => Err(lb_config::ConfigErrors(errors)),
+    }
+}
+
+/// `upstream.insecure_skip_verify` is loud at every start and reload.
+pub fn warn_insecure(config: &lb_config::Config) {
+    if config.upstream.insecure_skip_verify && config.nodes.iter().any(|n| n.tls) {
+        tracing::warn!(
+            "upstream.insecure_skip_verify = true: the certificates of HTTPS nodes are NOT verified; \
+             anyone on the path to the nodes can impersonate them"
+        );
     }
 }

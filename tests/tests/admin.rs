@@ -273,12 +273,11 @@ async fn drain_ready_and_maint() {
     assert!(moved >= 1, "{s}");
 
     // The admin state survives a reload of the same nodes.
-    lb.shared
-        .reload(lb_tests::config(
-            &sim.addrs(),
-            &format!("{ADMIN}\n# changed\n"),
-        ))
-        .unwrap();
+    lb.reload(lb_tests::config(
+        &sim.addrs(),
+        &format!("{ADMIN}\n# changed\n"),
+    ))
+    .unwrap();
     assert_eq!(node(&status(admin).await, "qps2")["admin_state"], "maint");
 
     let a = call(admin, Method::POST, "/nodes/qps2/ready", None).await;
@@ -477,12 +476,11 @@ async fn router_built_with_a_token() {
     let metrics = lb::admin::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let router = lb::admin::router(lb::admin::AdminCtx {
-        shared: lb.shared.clone(),
-        reload: Arc::new(|| Err("reload: not from a file".into())),
+    let router = lb::admin::router(lb.test_handle().admin_ctx(
+        Arc::new(|| Err("reload: not from a file".into())),
         metrics,
-        token: Some(TOKEN.into()),
-    });
+        Some(TOKEN.into()),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

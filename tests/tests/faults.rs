@@ -58,7 +58,7 @@ fn id_of(sim_name: &str) -> String {
 }
 
 fn counter(lb: &Server, id: &str, f: fn(&lb::upstream::NodeState) -> u64) -> u64 {
-    f(&lb.shared.registry.get(id).expect("node known"))
+    f(&lb.test_handle().node(id).expect("node known"))
 }
 
 fn redispatches(n: &lb::upstream::NodeState) -> u64 {
@@ -74,12 +74,12 @@ fn failures(n: &lb::upstream::NodeState) -> u64 {
 async fn assert_drained(lb: &Server, nodes: usize, what: &str) {
     let deadline = Instant::now() + T;
     loop {
-        let conns = lb.shared.open_connections.load(Ordering::Relaxed);
-        let tunnels = lb.shared.open_tunnels.load(Ordering::Relaxed);
+        let conns = lb.test_handle().open_connections();
+        let tunnels = lb.test_handle().open_tunnels();
         let per_node: Vec<(String, i64, i64)> = (1..=nodes)
             .map(|i| {
                 let id = format!("qps{i}");
-                let s = lb.shared.registry.get(&id).expect("node known");
+                let s = lb.test_handle().node(&id).expect("node known");
                 (
                     id,
                     s.in_flight.load(Ordering::Relaxed),
@@ -139,7 +139,7 @@ async fn user_pinned_to(lb: &Server, id: &str) -> User {
     let mut u = User::new(lb.proxy_addr()).await;
     u.jar = CookieJar::default();
     u.jar
-        .store(&format!("QLB_ROUTE={}", lb.shared.route_key.value_for(id)));
+        .store(&format!("QLB_ROUTE={}", lb.test_handle().route_value(id)));
     u
 }
 
@@ -269,7 +269,7 @@ async fn node_killed_under_websockets_users_are_repinned() {
         echo_once(&mut ws, &format!("hello {i}")).await;
         users.push((u, node, ws));
     }
-    assert_eq!(lb.shared.open_tunnels.load(Ordering::Relaxed), 9);
+    assert_eq!(lb.test_handle().open_tunnels(), 9);
 
     let victim_name = users[0].1.clone();
     let victim_id = id_of(&victim_name);
@@ -301,7 +301,7 @@ async fn node_killed_under_websockets_users_are_repinned() {
             .await;
         (r, t.elapsed())
     });
-    let victim_state = lb.shared.registry.get(&victim_id).unwrap();
+    let victim_state = lb.test_handle().node(&victim_id).unwrap();
     wait_for(T, "slow request in flight on the victim", || {
         victim_state.in_flight.load(Ordering::Relaxed) == 1
     })
@@ -408,9 +408,8 @@ async fn node_killed_under_websockets_users_are_repinned() {
     );
     assert!(counter(&lb, &victim_id, failures) >= 1);
     assert_eq!(
-        lb.shared
-            .registry
-            .get(&victim_id)
+        lb.test_handle()
+            .node(&victim_id)
             .unwrap()
             .open_tunnels
             .load(Ordering::Relaxed),
@@ -541,7 +540,7 @@ async fn hung_node_gives_504_in_bound_then_users_move() {
         }
     }
     assert!(total_504 >= 1, "no request met the hung node");
-    let state = lb.shared.registry.get(&victim_id).unwrap();
+    let state = lb.test_handle().node(&victim_id).unwrap();
     assert!(
         !state.healthy(),
         "active checks did not take the hung node down"
@@ -605,7 +604,7 @@ async fn hung_node_without_active_checks_still_answers_in_bound() {
         );
         new_users.push(r.status.as_u16());
     }
-    let st = lb.shared.registry.get("qps1").unwrap();
+    let st = lb.test_handle().node("qps1").unwrap();
     eprintln!(
         "hung node, no active checks: pinned user got {statuses:?} (status, ms); new users got \
          {new_users:?}; node usable={}",
@@ -691,7 +690,7 @@ async fn garbage_and_truncated_answers() {
     // Closed mid-body: the head (200, Content-Length 1000) is already on its way; the client
     // gets a truncated body and its connection is closed so that it cannot take the response
     // as complete.
-    let route = lb.shared.route_key.value_for("qps4");
+    let route = lb.test_handle().route_value("qps4");
     for k in 0..3 {
         let mut s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
         s.write_all(
@@ -818,10 +817,10 @@ async fn slowloris_connections_are_cut_and_users_served() {
     }
     // All slow connections are in (or refused, which would fail below).
     wait_for(T, "slow connections accepted", || {
-        lb.shared.open_connections.load(Ordering::Relaxed) >= (slow + 20) as i64
+        lb.test_handle().open_connections() >= (slow + 20) as i64
     })
     .await;
-    let peak = lb.shared.open_connections.load(Ordering::Relaxed);
+    let peak = lb.test_handle().open_connections();
 
     // Normal users keep going until the slow connections are all settled.
     let done = Arc::new(AtomicBool::new(false));
@@ -899,7 +898,7 @@ async fn clients_vanishing_mid_transfer_free_everything() {
         .await
         .unwrap();
     let lb = start_lb(&sim.addrs(), "[server]\naccess_log = false\n").await;
-    let node = lb.shared.registry.get("qps1").unwrap();
+    let node = lb.test_handle().node("qps1").unwrap();
 
     // Upload: 10 MB announced, 1 MB sent, then the socket is dropped.
     let mut s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
@@ -920,11 +919,10 @@ async fn clients_vanishing_mid_transfer_free_everything() {
         node.in_flight.load(Ordering::Relaxed) == 1
     })
     .await;
-    assert_eq!(lb.shared.open_connections.load(Ordering::Relaxed), 1);
+    assert_eq!(lb.test_handle().open_connections(), 1);
     drop(s);
     wait_for(T, "upload freed", || {
-        node.in_flight.load(Ordering::Relaxed) == 0
-            && lb.shared.open_connections.load(Ordering::Relaxed) == 0
+        node.in_flight.load(Ordering::Relaxed) == 0 && lb.test_handle().open_connections() == 0
     })
     .await;
 
@@ -941,8 +939,7 @@ async fn clients_vanishing_mid_transfer_free_everything() {
     drop(s);
     let gone = Instant::now();
     wait_for(T, "abandoned request freed", || {
-        node.in_flight.load(Ordering::Relaxed) == 0
-            && lb.shared.open_connections.load(Ordering::Relaxed) == 0
+        node.in_flight.load(Ordering::Relaxed) == 0 && lb.test_handle().open_connections() == 0
     })
     .await;
     let freed_in = gone.elapsed();
@@ -974,7 +971,7 @@ async fn clients_vanishing_mid_transfer_free_everything() {
     u.get("/hub").await;
     let (mut ws, _) = open_ws(&u, "/app/vanish").await;
     echo_once(&mut ws, "hi").await;
-    assert_eq!(lb.shared.open_tunnels.load(Ordering::Relaxed), 1);
+    assert_eq!(lb.test_handle().open_tunnels(), 1);
     drop(ws);
     drop(u);
     assert_drained(&lb, 1, "after a vanished websocket").await;

@@ -138,7 +138,7 @@ async fn down_after_fall_up_after_rise_then_slow_start() {
         .await
         .unwrap();
     let lb = start("fall", &sim, &format!("{FAST}slow_start = \"300s\"\n")).await;
-    let state = lb.shared.registry.get("fall2").unwrap();
+    let state = lb.test_handle().node("fall2").unwrap();
     let mut pinned = users(&lb, 9).await;
     assert!(pinned.iter().any(|(_, n)| n == "node2"));
     assert!(state.healthy());
@@ -178,7 +178,7 @@ async fn down_after_fall_up_after_rise_then_slow_start() {
         checks(&lb, "fall2", "ok").await >= ok_before + 2,
         "up before `rise` passed checks"
     );
-    assert!(lb::health::in_slow_start(
+    assert!(lb::upstream::in_slow_start(
         &state,
         lb::clock::now_ms(),
         Duration::from_secs(300)
@@ -209,7 +209,7 @@ async fn slow_start_zero_means_full_share_at_once() {
         .await
         .unwrap();
     let lb = start("nosl", &sim, &format!("{FAST}slow_start = \"0s\"\n")).await;
-    let state = lb.shared.registry.get("nosl2").unwrap();
+    let state = lb.test_handle().node("nosl2").unwrap();
     sim.node(1).stop().await;
     wait_health(&state, false).await;
     sim.node(1).restart().await.unwrap();
@@ -233,7 +233,7 @@ async fn tcp_connect_check_with_an_empty_path() {
         .await
         .unwrap();
     let lb = start("tcp", &sim, &format!("{FAST}path = \"\"\n")).await;
-    let state = lb.shared.registry.get("tcp1").unwrap();
+    let state = lb.test_handle().node("tcp1").unwrap();
     tokio::time::timeout(T, async {
         while checks(&lb, "tcp1", "ok").await == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -263,7 +263,7 @@ async fn statuses_outside_the_expected_range_fail() {
     )
     .await;
     for id in ["range1", "range2"] {
-        wait_health(&lb.shared.registry.get(id).unwrap(), false).await;
+        wait_health(&lb.test_handle().node(id).unwrap(), false).await;
     }
     let (code, body) = get(lb.admin_addr().unwrap(), "/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -281,11 +281,10 @@ async fn statuses_outside_the_expected_range_fail() {
             i + 1
         ));
     }
-    lb.shared
-        .reload(lb_config::Config::from_toml(&text, Path::new(".")).unwrap())
+    lb.reload(lb_config::Config::from_toml(&text, Path::new(".")).unwrap())
         .unwrap();
     for id in ["range1", "range2"] {
-        wait_health(&lb.shared.registry.get(id).unwrap(), true).await;
+        wait_health(&lb.test_handle().node(id).unwrap(), true).await;
     }
     let mut u = User::new(lb.proxy_addr()).await;
     assert_eq!(u.get("/hub").await.status, StatusCode::OK);
@@ -334,14 +333,14 @@ async fn drain_and_maint_are_kept_across_health_changes() {
         sim.node(i).stop().await;
     }
     for id in ["adm2", "adm3"] {
-        wait_health(&lb.shared.registry.get(id).unwrap(), false).await;
+        wait_health(&lb.test_handle().node(id).unwrap(), false).await;
     }
     assert_eq!(node_status(&lb, "adm2").await["health"], "down");
     for i in [1, 2] {
         sim.node(i).restart().await.unwrap();
     }
     for id in ["adm2", "adm3"] {
-        wait_health(&lb.shared.registry.get(id).unwrap(), true).await;
+        wait_health(&lb.test_handle().node(id).unwrap(), true).await;
     }
     let s2 = node_status(&lb, "adm2").await;
     let s3 = node_status(&lb, "adm3").await;

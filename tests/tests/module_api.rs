@@ -160,9 +160,8 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     // Wait for telemetry to arrive.
     assert!(
         eventually(Duration::from_secs(5), async || {
-            lb.shared
-                .telemetry
-                .all()
+            lb.test_handle()
+                .engines()
                 .iter()
                 .filter(|(_, s)| s.sample.is_some())
                 .count()
@@ -187,10 +186,7 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     sim.node(1).set_telemetry(t);
     assert!(
         eventually(Duration::from_secs(3), async || {
-            lb.shared
-                .registry
-                .get("qps2")
-                .is_some_and(|s| s.saturated())
+            lb.test_handle().node("qps2").is_some_and(|s| s.saturated())
         })
         .await
     );

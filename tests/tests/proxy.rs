@@ -211,15 +211,14 @@ async fn users_of_a_stopped_node_are_redispatched() {
             assert_eq!(r.node(), Some(node.as_str()), "a user of a live node moved");
         }
     }
-    let state = lb.shared.registry.get("qps2").unwrap();
+    let state = lb.test_handle().node("qps2").unwrap();
     assert_eq!(victim_name, "node2");
     assert!(state.failures_total.load(Ordering::Relaxed) >= 1);
     let redispatched: u64 = ["qps1", "qps3"]
         .iter()
         .map(|id| {
-            lb.shared
-                .registry
-                .get(id)
+            lb.test_handle()
+                .node(id)
                 .unwrap()
                 .redispatches_total
                 .load(Ordering::Relaxed)
@@ -368,7 +367,7 @@ async fn idle_tunnel_is_closed_with_going_away() {
     let (mut ws, _) = open_ws(&u, "/app/idle").await;
     ws.send(Message::text("one")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("one"));
-    assert_eq!(lb.shared.open_tunnels.load(Ordering::Relaxed), 1);
+    assert_eq!(lb.test_handle().open_tunnels(), 1);
     let closed = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .expect("closed in time");
@@ -378,12 +377,12 @@ async fn idle_tunnel_is_closed_with_going_away() {
     }
     // The tunnel is gone from the balancer's count.
     for _ in 0..100 {
-        if lb.shared.open_tunnels.load(Ordering::Relaxed) == 0 {
+        if lb.test_handle().open_tunnels() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(lb.shared.open_tunnels.load(Ordering::Relaxed), 0);
+    assert_eq!(lb.test_handle().open_tunnels(), 0);
     lb.shutdown().await;
 }
 
@@ -398,7 +397,7 @@ async fn request_in_flight_at_shutdown_completes() {
     u.get("/hub").await;
     let slow = tokio::spawn(async move { u.get("/_sim/slow?ms=700").await });
     // Wait until the request is in flight to the node.
-    let node = lb.shared.registry.get("qps1").unwrap();
+    let node = lb.test_handle().node("qps1").unwrap();
     for _ in 0..400 {
         if node.in_flight.load(Ordering::Relaxed) == 1 {
             break;

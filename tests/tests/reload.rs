@@ -83,7 +83,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
     }
     for i in 0..50 {
         let text = if i % 2 == 0 { &b } else { &a };
-        lb.shared.reload(cfg(text)).expect("valid reload");
+        lb.reload(cfg(text)).expect("valid reload");
         // Every WebSocket still answers.
         let (ws, _, _) = &mut sockets[i % 50];
         ws.send(Message::text(format!("r{i}"))).await.unwrap();
@@ -115,7 +115,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
     // Now remove node3 for good with a short drain deadline: its users are served until the
     // deadline, then their WebSockets close with 1001 and later requests are redispatched.
     let b_short = b.replace("drain_timeout = \"60s\"", "drain_timeout = \"500ms\"");
-    lb.shared.reload(cfg(&b_short)).unwrap();
+    lb.reload(cfg(&b_short)).unwrap();
     let removed_at = std::time::Instant::now();
     let mut on_node3 = 0;
     for (_, node, u) in sockets.iter_mut() {
@@ -160,7 +160,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
         }
     }
     // A node added back is used for new sessions at once.
-    lb.shared.reload(cfg(&a)).unwrap();
+    lb.reload(cfg(&a)).unwrap();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
         let mut u = User::new(addr).await;
@@ -189,7 +189,7 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
         .unwrap();
     let good = with_port(&good, lb.proxy_addr().port());
     std::fs::write(&path, &good).unwrap();
-    let version0 = lb.shared.reload_status.load().version.clone();
+    let version0 = lb.reload_status().version.clone();
 
     for (bad, key) in [
         ("[listener\naddress = 1", ""),
@@ -202,9 +202,9 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
             "health.surprise",
         ),
     ] {
-        let err = lb.shared.reload_from(&path_with(&dir, bad)).unwrap_err();
+        let err = lb.reload_from(&path_with(&dir, bad)).unwrap_err();
         assert!(err.contains(key), "{err}");
-        let st = lb.shared.reload_status.load();
+        let st = lb.reload_status();
         assert!(!st.ok);
         assert!(st.error.as_deref().unwrap().contains(key));
         assert_eq!(st.version, version0, "the old config stays in force");
@@ -216,7 +216,7 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
         &format!("127.0.0.1:{}", lb.proxy_addr().port()),
         "127.0.0.1:1",
     );
-    let err = lb.shared.reload_from(&path_with(&dir, &moved)).unwrap_err();
+    let err = lb.reload_from(&path_with(&dir, &moved)).unwrap_err();
     assert!(err.contains("needs a restart"), "{err}");
 
     // A file replaced by rename is picked up by the watcher.
@@ -227,23 +227,14 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
     std::fs::rename(&tmp, &path).unwrap();
     let mut picked = false;
     for _ in 0..100 {
-        if lb
-            .shared
-            .runtime
-            .load()
-            .nodes
-            .iter()
-            .filter(|n| n.retiring_until_ms.is_none())
-            .count()
-            == 1
-        {
+        if lb.test_handle().configured_nodes() == 1 {
             picked = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(picked, "rename not picked up");
-    assert!(lb.shared.reload_status.load().ok);
+    assert!(lb.reload_status().ok);
     lb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -214,7 +214,7 @@ async fn https_listener_sni_alpn_hsts_websocket_and_certificate_reload() {
     std::fs::copy(&rk, &ak).unwrap();
     let cfg = |t: &str| lb_config::Config::from_toml(t, Path::new(".")).unwrap();
     let text = text.replace("127.0.0.1:0", &addr.to_string());
-    lb.shared.reload(cfg(&text)).unwrap();
+    lb.reload(cfg(&text)).unwrap();
     let s = tls_connect(&client, addr, "a.test").await.unwrap();
     assert_eq!(presented_cn(&s), "renewed");
     std::fs::write(
@@ -222,7 +222,7 @@ async fn https_listener_sni_alpn_hsts_websocket_and_certificate_reload() {
         "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let err = lb.shared.reload(cfg(&text)).unwrap_err();
+    let err = lb.reload(cfg(&text)).unwrap_err();
     assert!(err.contains("listener.tls"), "{err}");
     let s = tls_connect(&client, addr, "a.test").await.unwrap();
     assert_eq!(
@@ -393,4 +393,77 @@ async fn module_listener_can_require_a_client_certificate() {
         "{text}"
     );
     lb.shutdown().await;
+}
+
+/// Reads `lb_health_checks_total{node, result}` from the admin API's metrics.
+async fn health_checks(admin: SocketAddr, node: &str, result: &str) -> u64 {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (n, r) = (format!("node=\"{node}\""), format!("result=\"{result}\""));
+    text.lines()
+        .filter(|l| l.starts_with("lb_health_checks_total{") && l.contains(&n) && l.contains(&r))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_health_checks_verify_the_server_name() {
+    // The node's certificate names only `qps-secure.test` (no IP address): a check that
+    // verified it against the node's IP would fail and take the node down.
+    let pki = Pki::new("health-sni");
+    let mut params = CertificateParams::new(vec!["qps-secure.test".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "qps-secure");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.issuer).unwrap();
+    let (nc, nk) = (pki.dir.join("named.pem"), pki.dir.join("named.key"));
+    std::fs::write(&nc, cert.pem()).unwrap();
+    std::fs::write(&nk, key.serialize_pem()).unwrap();
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
+    let inner_text = config_text(
+        &sim.addrs(),
+        &format!(
+            "[listener]\n[listener.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            toml_path(&nc),
+            toml_path(&nk)
+        ),
+    );
+    let inner =
+        lb::Server::start(lb_config::Config::from_toml(&inner_text, Path::new(".")).unwrap())
+            .await
+            .unwrap();
+    let outer_text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [health]\ninterval = \"100ms\"\nfall = 1\n[upstream]\nca_file = \"{}\"\n\
+         [[nodes]]\nid = \"sni-checked\"\naddress = \"{}\"\ntls = true\nserver_name = \"qps-secure.test\"\n",
+        toml_path(&pki.dir.join("ca.pem")),
+        inner.proxy_addr()
+    );
+    let outer =
+        lb::Server::start(lb_config::Config::from_toml(&outer_text, Path::new(".")).unwrap())
+            .await
+            .unwrap();
+    let admin = outer.admin_addr().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while health_checks(admin, "sni-checked", "ok").await < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("three passed health checks");
+    assert_eq!(health_checks(admin, "sni-checked", "fail").await, 0);
+    assert!(outer.test_handle().node("sni-checked").unwrap().healthy());
+    let mut u = lb_tests::User::new(outer.proxy_addr()).await;
+    assert_eq!(u.get("/hub").await.status, 200);
+    for s in [outer, inner] {
+        s.shutdown().await;
+    }
 }

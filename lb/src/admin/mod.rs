@@ -24,7 +24,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State as Extract};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +37,9 @@ use subtle::ConstantTimeEq;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::clock;
-use crate::server::Shared;
+use crate::listen::Lifetime;
+use crate::state::State;
+use crate::status::{AdminError, NOT_READY, RELOAD_REFUSED};
 use crate::upstream::AdminState;
 
 /// The status page, served at `/`.
@@ -45,7 +47,7 @@ pub const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Everything the admin API needs from the running balancer.
 pub struct AdminCtx {
-    pub shared: Arc<Shared>,
+    pub(crate) state: Arc<State>,
     /// Re-reads the configuration file; `Err` carries the message with key paths.
     pub reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     pub metrics: PrometheusHandle,
@@ -60,7 +62,7 @@ struct App {
     started: Instant,
 }
 
-type St = State<Arc<App>>;
+type AppState = Extract<Arc<App>>;
 
 /// The admin router.
 pub fn router(ctx: AdminCtx) -> Router {
@@ -91,26 +93,36 @@ pub fn router(ctx: AdminCtx) -> Router {
         .with_state(app)
 }
 
-/// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish.
+/// Serves `router` on `listener` (through the balancer's one accept loop) until `stop`
+/// completes, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+    let life = Lifetime {
+        stop: tokio_util::sync::CancellationToken::new(),
+        conns: tokio_util::task::TaskTracker::new(),
+    };
+    let accept = crate::listen::serve_router(listener, "admin", router, None, life.clone());
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = stop => {
+            life.stop.cancel();
+            accept.await;
+        }
+    }
+    life.conns.close();
+    life.conns.wait().await;
+    Ok(())
 }
 
 fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": msg.into() }))).into_response()
-}
-
-async fn auth(State(app): St, req: Request, next: Next) -> Response {
+async fn auth(Extract(app): AppState, req: Request, next: Next) -> Response {
     let Some(want) = &app.token_digest else {
         return next.run(req).await;
     };
@@ -124,21 +136,15 @@ async fn auth(State(app): St, req: Request, next: Next) -> Response {
                 .eq_ignore_ascii_case("bearer")
                 .then(|| rest.trim().to_string())
         });
-    let msg = match offered {
-        None => "missing bearer token: send Authorization: Bearer <admin.token>",
-        Some(t) if bool::from(digest(&t).ct_eq(want)) => return next.run(req).await,
-        Some(_) => "wrong bearer token",
-    };
-    let mut r = error(StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"lb admin\""),
-    );
-    r
+    match offered {
+        None => AdminError::MissingToken.into_response(),
+        Some(t) if bool::from(digest(&t).ct_eq(want)) => next.run(req).await,
+        Some(_) => AdminError::WrongToken.into_response(),
+    }
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such route")
+    AdminError::NoSuchRoute.into_response()
 }
 
 async fn get_page() -> Response {
@@ -175,29 +181,29 @@ fn no_store<T: IntoResponse>(v: T) -> Response {
     r
 }
 
-async fn get_status(State(app): St) -> Response {
+async fn get_status(Extract(app): AppState) -> Response {
     no_store(Json(status::status(
-        &app.ctx.shared,
+        &app.ctx.state,
         app.started.elapsed().as_secs(),
     )))
 }
 
-async fn get_node(State(app): St, Path(id): Path<String>) -> Response {
-    let rt = app.ctx.shared.runtime.load();
-    let Some(pos) = rt.pos_of_id(&id) else {
+async fn get_node(Extract(app): AppState, Path(id): Path<String>) -> Response {
+    let snap = app.ctx.state.snapshot.load();
+    let Some(pos) = snap.pos_of_id(&id) else {
         return unknown_node(&id);
     };
-    let pinned = app.ctx.shared.sticky.count_by_node();
+    let pinned = app.ctx.state.sticky.count_by_node();
     no_store(Json(status::node(
-        &app.ctx.shared,
-        &rt.nodes[pos],
+        &app.ctx.state,
+        snap.node(pos),
         &pinned,
         clock::now_ms(),
     )))
 }
 
 fn unknown_node(id: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no node with id {id:?}"))
+    AdminError::UnknownNode(id.to_string()).into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -206,16 +212,16 @@ struct MaintQuery {
     close_websockets: bool,
 }
 
-async fn post_drain(State(app): St, Path(id): Path<String>) -> Response {
+async fn post_drain(Extract(app): AppState, Path(id): Path<String>) -> Response {
     set_admin(&app, &id, AdminState::Drain, false)
 }
 
-async fn post_ready(State(app): St, Path(id): Path<String>) -> Response {
+async fn post_ready(Extract(app): AppState, Path(id): Path<String>) -> Response {
     set_admin(&app, &id, AdminState::Ready, false)
 }
 
 async fn post_maint(
-    State(app): St,
+    Extract(app): AppState,
     Path(id): Path<String>,
     Query(q): Query<MaintQuery>,
 ) -> Response {
@@ -223,12 +229,12 @@ async fn post_maint(
 }
 
 fn set_admin(app: &App, id: &str, to: AdminState, close_websockets: bool) -> Response {
-    let shared = &app.ctx.shared;
-    let rt = shared.runtime.load();
-    let Some(pos) = rt.pos_of_id(id) else {
+    let state = &app.ctx.state;
+    let snap = state.snapshot.load();
+    let Some(pos) = snap.pos_of_id(id) else {
         return unknown_node(id);
     };
-    let n = &rt.nodes[pos];
+    let n = snap.node(pos);
     let from = n.state.admin_state();
     n.state.set_admin_state(to);
     if from != to {
@@ -239,27 +245,27 @@ fn set_admin(app: &App, id: &str, to: AdminState, close_websockets: bool) -> Res
         tracing::info!(node = %n.id, "closing the node's open WebSockets");
         n.state.close_tunnels();
     }
-    let pinned = shared.sticky.count_by_node();
-    no_store(Json(status::node(shared, n, &pinned, clock::now_ms())))
+    let pinned = state.sticky.count_by_node();
+    no_store(Json(status::node(state, n, &pinned, clock::now_ms())))
 }
 
-async fn post_reload(State(app): St) -> Response {
+async fn post_reload(Extract(app): AppState) -> Response {
     let reload = app.ctx.reload.clone();
     let result = match tokio::task::spawn_blocking(move || reload()).await {
         Ok(r) => r,
         Err(e) => Err(format!("reload task failed: {e}")),
     };
-    let version = app.ctx.shared.runtime.load().config.version.clone();
+    let version = app.ctx.state.snapshot.load().config.version.clone();
     match result {
         Ok(()) => no_store(Json(json!({ "ok": true, "version": version }))),
         Err(e) => no_store((
-            StatusCode::UNPROCESSABLE_ENTITY,
+            RELOAD_REFUSED,
             Json(json!({ "ok": false, "error": e, "version": version })),
         )),
     }
 }
 
-async fn get_metrics(State(app): St) -> Response {
+async fn get_metrics(Extract(app): AppState) -> Response {
     let body = app.ctx.metrics.render();
     (
         [
@@ -274,20 +280,17 @@ async fn get_metrics(State(app): St) -> Response {
         .into_response()
 }
 
-async fn get_ready(State(app): St) -> Response {
-    let shared = &app.ctx.shared;
-    let (code, body) = if shared.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+async fn get_ready(Extract(app): AppState) -> Response {
+    let state = &app.ctx.state;
+    let (code, body) = if state.shutdown.is_cancelled() {
+        (NOT_READY, "shutting down")
     } else {
         let now = clock::now_ms();
-        let rt = shared.runtime.load();
-        if rt.nodes.iter().any(|n| n.accepts_new(now)) {
+        let snap = state.snapshot.load();
+        if snap.nodes.iter().any(|n| n.accepts_new(now)) {
             (StatusCode::OK, "ok")
         } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no node accepts new sessions",
-            )
+            (NOT_READY, "no node accepts new sessions")
         }
     };
     no_store((

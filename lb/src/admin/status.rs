@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use serde_json::{json, Value};
 
 use crate::clock;
-use crate::runtime::NodeRt;
-use crate::server::Shared;
+use crate::snapshot::Node;
+use crate::state::State;
 use crate::telemetry::{EngineStatus, TelemetryState};
 use crate::upstream::AdminState;
 
@@ -20,19 +20,19 @@ pub(super) fn admin_str(s: AdminState) -> &'static str {
 }
 
 /// The whole status document.
-pub(super) fn status(shared: &Shared, uptime_seconds: u64) -> Value {
+pub(super) fn status(state: &State, uptime_seconds: u64) -> Value {
     let now = clock::now_ms();
-    let rt = shared.runtime.load();
-    let pinned = shared.sticky.count_by_node();
-    let reload = shared.reload_status.load();
-    let nodes: Vec<Value> = rt
+    let snap = state.snapshot.load();
+    let pinned = state.sticky.count_by_node();
+    let reload = state.reload_status.load();
+    let nodes: Vec<Value> = snap
         .nodes
         .iter()
-        .map(|n| node(shared, n, &pinned, now))
+        .map(|n| node(state, n, &pinned, now))
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "config_version": rt.config.version,
+        "config_version": snap.config.version,
         "reload": {
             "version": reload.version,
             "at_unix_ms": reload.at_unix_ms,
@@ -40,23 +40,23 @@ pub(super) fn status(shared: &Shared, uptime_seconds: u64) -> Value {
             "error": reload.error,
         },
         "uptime_seconds": uptime_seconds,
-        "shutting_down": shared.shutdown.is_cancelled(),
-        "open_connections": shared.open_connections.load(Ordering::Relaxed),
-        "open_websockets": shared.open_tunnels.load(Ordering::Relaxed),
+        "shutting_down": state.shutdown.is_cancelled(),
+        "open_connections": state.open_connections.load(Ordering::Relaxed),
+        "open_websockets": state.open_tunnels.load(Ordering::Relaxed),
         "sticky": {
-            "sessions": shared.sticky.len(),
-            "evictions": shared.sticky.evictions(),
+            "sessions": state.sticky.len(),
+            "evictions": state.sticky.evictions(),
         },
         "nodes": nodes,
     })
 }
 
 /// One node as the status shows it. `pinned` is the sticky table's count by node index.
-pub(super) fn node(shared: &Shared, n: &NodeRt, pinned: &HashMap<u32, usize>, now: u64) -> Value {
+pub(super) fn node(state: &State, n: &Node, pinned: &HashMap<u32, usize>, now: u64) -> Value {
     let st = &n.state;
     let passively_down = st.passively_down(now);
     let up = st.healthy() && !passively_down;
-    let engine = shared
+    let engine = state
         .telemetry
         .status(&n.id)
         .map(|e| engine(&e, st.saturated()));
@@ -72,7 +72,7 @@ pub(super) fn node(shared: &Shared, n: &NodeRt, pinned: &HashMap<u32, usize>, no
         "accepts_new": n.accepts_new(now),
         "in_flight": st.in_flight.load(Ordering::Relaxed),
         "open_websockets": st.open_tunnels.load(Ordering::Relaxed),
-        "pinned_sessions": pinned.get(&st.idx).copied().unwrap_or(0),
+        "pinned_sessions": pinned.get(&st.idx.0).copied().unwrap_or(0),
         "requests_total": st.requests_total.load(Ordering::Relaxed),
         "failures_total": st.failures_total.load(Ordering::Relaxed),
         "redispatches_total": st.redispatches_total.load(Ordering::Relaxed),

@@ -2,6 +2,14 @@
 //! `X-Forwarded-*` cousins).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::{Either, Limited};
+use hyper::body::Incoming;
+
+use super::ConnInfo;
+use crate::snapshot::Snapshot;
+use crate::sticky::cookie;
+use crate::upstream::pool::UpBody;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -100,6 +108,96 @@ pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderVal
                 }
             }
         }
+    }
+}
+
+static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The rewrite step: the request as its node gets it. The route cookie is stripped (when the
+/// request had one), hop-by-hop headers go (but a protocol switch), what an untrusted client
+/// claims about earlier hops is dropped, `X-Forwarded-*` are appended, the target becomes
+/// origin-form (the `Host` header stays the client's) and the body is bounded by
+/// `listener.max_body_bytes`.
+pub fn rewrite(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    had_route_cookie: bool,
+    upgrade: bool,
+    req: Request<Incoming>,
+) -> Request<UpBody> {
+    let (mut parts, body) = req.into_parts();
+    if had_route_cookie {
+        strip_route_cookie(&snap.route_cookie, &mut parts.headers);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !conn.trusted {
+        parts.headers.remove(&X_FORWARDED_FOR);
+        parts.headers.remove(&X_FORWARDED_PROTO);
+        parts.headers.remove(&X_FORWARDED_HOST);
+    }
+    append_list(&mut parts.headers, &X_FORWARDED_FOR, &conn.peer_ip);
+    let proto = if conn.tls { &PROTO_HTTPS } else { &PROTO_HTTP };
+    append_list(&mut parts.headers, &X_FORWARDED_PROTO, proto);
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        append_list(&mut parts.headers, &X_FORWARDED_HOST, &host);
+    }
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    let max_body = snap.config.listener.max_body_bytes;
+    let limit = if max_body > 0 {
+        max_body as usize
+    } else {
+        usize::MAX
+    };
+    Request::from_parts(parts, Either::Left(Limited::new(body, limit)))
+}
+
+/// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never
+/// sees it.
+pub fn strip_route_cookie(route_cookie: &[u8], headers: &mut HeaderMap) {
+    let mut kept: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        for (name, value) in cookie::pairs(v.as_bytes()) {
+            if *name == *route_cookie {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(name);
+            kept.push(b'=');
+            kept.extend_from_slice(value);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// The host a request is for, without the port, from `Host` or the absolute URI.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let h = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    Some(strip_port(h))
+}
+
+/// A host without its port (and an IPv6 literal without its brackets).
+pub fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
     }
 }
 

@@ -25,6 +25,9 @@
 //! `lb_engine_up`; counter `lb_engine_polls_total{result="ok|timeout|error|bad_status|bad_body"}`.
 
 mod poll;
+mod ranking;
+mod status;
+mod targets;
 mod tls;
 
 #[cfg(test)]
@@ -38,11 +41,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use lb_module_api::{EngineSample, EngineSource, EngineState, EngineView, RankPolicy};
+use lb_module_api::{EngineSample, EngineSource, EngineView, RankPolicy};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use poll::CPU_SMOOTHING;
+pub use ranking::TelemetryRanking;
+pub use status::{EngineStatus, TelemetryState};
+use status::{Freshness, Published, Slot};
+pub use targets::targets;
 
 /// The header sent with every poll unless the target sets it: Qlik's service account.
 pub const DEFAULT_QLIK_USER: &str = "UserDirectory=INTERNAL; UserId=sa_api";
@@ -138,119 +145,6 @@ pub enum TelemetryError {
     /// Zero interval or timeout.
     #[error("telemetry {0} must be greater than zero")]
     ZeroDuration(&'static str),
-}
-
-/// Health of an engine's telemetry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TelemetryState {
-    /// The last poll succeeded within the last three intervals.
-    Fresh,
-    /// The last poll did not fail, but the last sample is older than three intervals.
-    Stale,
-    /// The last poll failed.
-    Unreachable {
-        /// Why, e.g. `timed out after 2s` or `connect to node1:4747: Connection refused`.
-        reason: String,
-    },
-    /// No poll has finished yet.
-    Unknown,
-}
-
-/// What is known about one engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineStatus {
-    /// The last good sample (kept while the engine is unreachable).
-    pub sample: Option<Arc<EngineSample>>,
-    /// When the last good sample arrived.
-    pub at: Option<Instant>,
-    /// Exponentially weighted moving average of `cpu.total` (weight [`CPU_SMOOTHING`]).
-    pub smoothed_cpu: Option<f64>,
-    /// The state now.
-    pub state: TelemetryState,
-    /// The most recent poll error, even if polls have succeeded since.
-    pub last_error: Option<String>,
-}
-
-impl EngineStatus {
-    /// The view the ranking uses.
-    pub fn view(&self) -> EngineView {
-        let state = match (&self.state, &self.sample) {
-            (TelemetryState::Fresh, Some(s)) => EngineState::Fresh(s.clone()),
-            (TelemetryState::Fresh, None) | (TelemetryState::Unknown, _) => EngineState::Unknown,
-            (TelemetryState::Stale, _) => EngineState::Stale,
-            (TelemetryState::Unreachable { .. }, _) => EngineState::Unreachable,
-        };
-        EngineView {
-            state,
-            smoothed_cpu: self.smoothed_cpu,
-        }
-    }
-}
-
-/// What a poll task last published; read lock-free.
-#[derive(Debug, Default)]
-struct Snapshot {
-    sample: Option<Arc<EngineSample>>,
-    at: Option<Instant>,
-    smoothed_cpu: Option<f64>,
-    /// Set while the last poll failed.
-    failure: Option<String>,
-    last_error: Option<String>,
-}
-
-/// The published state of one engine.
-#[derive(Debug)]
-struct Slot {
-    snapshot: ArcSwap<Snapshot>,
-    interval: Duration,
-}
-
-impl Slot {
-    fn status(&self, now: Instant) -> EngineStatus {
-        let snap = self.snapshot.load();
-        let state = if let Some(reason) = &snap.failure {
-            TelemetryState::Unreachable {
-                reason: reason.clone(),
-            }
-        } else if let Some(at) = snap.at {
-            if now.saturating_duration_since(at) > self.interval * STALE_AFTER_INTERVALS {
-                TelemetryState::Stale
-            } else {
-                TelemetryState::Fresh
-            }
-        } else {
-            TelemetryState::Unknown
-        };
-        EngineStatus {
-            sample: snap.sample.clone(),
-            at: snap.at,
-            smoothed_cpu: snap.smoothed_cpu,
-            state,
-            last_error: snap.last_error.clone(),
-        }
-    }
-
-    fn view(&self, now: Instant) -> EngineView {
-        let snap = self.snapshot.load();
-        let state = if snap.failure.is_some() {
-            EngineState::Unreachable
-        } else {
-            match (&snap.sample, snap.at) {
-                (Some(sample), Some(at)) => {
-                    if now.saturating_duration_since(at) > self.interval * STALE_AFTER_INTERVALS {
-                        EngineState::Stale
-                    } else {
-                        EngineState::Fresh(sample.clone())
-                    }
-                }
-                _ => EngineState::Unknown,
-            }
-        };
-        EngineView {
-            state,
-            smoothed_cpu: snap.smoothed_cpu,
-        }
-    }
 }
 
 /// Lookup tables swapped whole by `set_targets`.
@@ -434,6 +328,31 @@ impl Telemetry {
     pub fn status(&self, id: &str) -> Option<EngineStatus> {
         let registry = self.registry.load();
         registry.by_id.get(id).map(|s| s.status(Instant::now()))
+    }
+
+    /// True when the telemetry of at least one of nodes `ids` is fresh (no allocation).
+    pub fn any_fresh(&self, ids: &[&str]) -> bool {
+        let now = Instant::now();
+        let registry = self.registry.load();
+        ids.iter().any(|id| {
+            registry
+                .by_id
+                .get(*id)
+                .is_some_and(|s| s.freshness(now) == Freshness::Fresh)
+        })
+    }
+
+    /// The latest sample of node `id`'s engine and its smoothed CPU, while fresh.
+    pub fn fresh_sample(&self, id: &str) -> Option<(Arc<EngineSample>, f64)> {
+        let registry = self.registry.load();
+        let slot = registry.by_id.get(id)?;
+        let snap = slot.snapshot.load();
+        if snap.freshness(slot.interval, Instant::now()) != Freshness::Fresh {
+            return None;
+        }
+        let sample = snap.sample.clone()?;
+        let cpu = snap.smoothed_cpu.unwrap_or(sample.cpu_total);
+        Some((sample, cpu))
     }
 
     /// Every engine's status, sorted by node id.

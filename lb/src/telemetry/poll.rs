@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Slot, Snapshot};
+use super::{Published, Slot};
 
 /// Weight of the newest CPU sample in the smoothed CPU (an exponentially weighted moving
 /// average): `smoothed = smoothed + SMOOTHING * (cpu - smoothed)`.
@@ -163,7 +163,7 @@ pub(super) async fn run(job: PollJob) {
                     _ => sample.cpu_total,
                 };
                 record_sample(&metrics, &sample, smoothed, &job.policy.load());
-                job.slot.snapshot.store(Arc::new(Snapshot {
+                job.slot.snapshot.store(Arc::new(Published {
                     sample: Some(Arc::new(sample)),
                     at: Some(now),
                     smoothed_cpu: Some(smoothed),
@@ -185,7 +185,7 @@ pub(super) async fn run(job: PollJob) {
                 } else {
                     tracing::debug!(node = %job.id, reason = %reason, "engine poll failed again");
                 }
-                job.slot.snapshot.store(Arc::new(Snapshot {
+                job.slot.snapshot.store(Arc::new(Published {
                     sample: previous.sample.clone(),
                     at: previous.at,
                     smoothed_cpu: previous.smoothed_cpu,
@@ -203,20 +203,20 @@ pub(super) async fn run(job: PollJob) {
     }
 }
 
-fn record_sample(m: &EngineMetrics, s: &EngineSample, smoothed: f64, policy: &RankPolicy) {
-    m.ok.increment(1);
-    m.up.set(1.0);
-    m.cpu.set(s.cpu_total);
-    m.free.set(s.mem_free * MB);
+fn record_sample(metrics: &EngineMetrics, s: &EngineSample, smoothed: f64, policy: &RankPolicy) {
+    metrics.ok.increment(1);
+    metrics.up.set(1.0);
+    metrics.cpu.set(s.cpu_total);
+    metrics.free.set(s.mem_free * MB);
     if let Some(total) = s.mem_total_physical {
-        m.total.set(total * MB);
+        metrics.total.set(total * MB);
     }
-    m.saturated.set(if policy.is_saturated(s, smoothed) {
+    metrics.saturated.set(if policy.is_saturated(s, smoothed) {
         1.0
     } else {
         0.0
     });
-    m.sessions.set(s.sessions_active as f64);
+    metrics.sessions.set(s.sessions_active as f64);
 }
 
 /// `interval` scaled by a random factor in [0.9, 1.1], so pollers do not march in step.

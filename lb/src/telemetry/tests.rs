@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use lb_module_api::EngineState;
 
 const CURRENT: &str = r#"{"version":"12.612.0","started":"20250101T101010.000+0000",
  "mem":{"committed":1843.5,"allocated":2245.1,"free":27012.3,"totalPhysical":32768.0},

@@ -7,7 +7,6 @@
 //! closed) comes back whole, so it is sent again on a fresh connection without having been
 //! copied.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,13 +15,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use hyper::client::conn::http1::SendRequest;
 
-use crate::runtime::UpBody;
+use super::NodeConnector;
+
+/// Request body sent to a node: the client's (bounded by `listener.max_body_bytes`), or empty.
+pub type UpBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Why a node could not take a request.
 #[derive(Debug)]
@@ -33,21 +33,12 @@ pub enum SendError {
     Failed(hyper::Error),
 }
 
-/// How connections to the node are made.
-#[derive(Clone)]
-pub struct Connect {
-    pub addr: SocketAddr,
-    pub timeout: Duration,
-    /// TLS for an HTTPS node: the connector and the name its certificate must carry.
-    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-}
-
 /// Idle connections of one node.
 pub struct Pool {
     idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
-    connect: Connect,
+    connect: NodeConnector,
 }
 
 impl std::fmt::Debug for Pool {
@@ -59,7 +50,7 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(connect: Connect, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
+    pub fn new(connect: NodeConnector, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
         Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             max_idle,
@@ -89,23 +80,9 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpBody>, String> {
-        let c = &self.connect;
-        let tcp = tokio::time::timeout(c.timeout, TcpStream::connect(c.addr))
-            .await
-            .map_err(|_| format!("connect to {} timed out", c.addr))?
-            .map_err(|e| format!("connect to {}: {e}", c.addr))?;
-        let _ = tcp.set_nodelay(true);
-        match &c.tls {
-            None => handshake(TokioIo::new(tcp)).await,
-            Some((connector, name)) => {
-                let tls = tokio::time::timeout(c.timeout, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| format!("TLS handshake with {} timed out", c.addr))?
-                    .map_err(|e| format!("TLS handshake with {}: {e}", c.addr))?;
-                handshake(TokioIo::new(tls)).await
-            }
-        }
+    /// How this pool connects to its node.
+    pub fn connector(&self) -> &NodeConnector {
+        &self.connect
     }
 
     /// Sends `req` on a pooled or new connection. The response body hands the connection back
@@ -117,7 +94,7 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
-                None => match self.connect().await {
+                None => match self.connect.http1().await {
                     Ok(s) => (s, false),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
@@ -169,22 +146,6 @@ impl Pool {
             }
         }
     }
-}
-
-async fn handshake<I>(io: I) -> Result<SendRequest<UpBody>, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("node connection ended: {e}");
-        }
-    });
-    Ok(sender)
 }
 
 /// A node's response body; hands its connection back to the pool at its end.

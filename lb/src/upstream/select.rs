@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// A node that may take a new session.
 #[derive(Debug, Clone, Copy)]
-pub struct Cand<'a> {
+pub struct Candidate<'a> {
     pub id: &'a str,
     /// Requests in flight plus open tunnels.
     pub load: i64,
@@ -18,7 +18,7 @@ pub struct Cand<'a> {
 
 /// Chooses one of the candidates for a new session; returns its index in `cands`.
 pub trait Selector: Send + Sync + fmt::Debug {
-    fn pick(&self, cands: &[Cand<'_>]) -> Option<usize>;
+    fn pick(&self, cands: &[Candidate<'_>]) -> Option<usize>;
     fn name(&self) -> &'static str;
 }
 
@@ -29,7 +29,7 @@ pub struct RoundRobin {
 }
 
 impl Selector for RoundRobin {
-    fn pick(&self, cands: &[Cand<'_>]) -> Option<usize> {
+    fn pick(&self, cands: &[Candidate<'_>]) -> Option<usize> {
         if cands.is_empty() {
             return None;
         }
@@ -47,7 +47,7 @@ pub struct LeastConnections {
 }
 
 impl Selector for LeastConnections {
-    fn pick(&self, cands: &[Cand<'_>]) -> Option<usize> {
+    fn pick(&self, cands: &[Candidate<'_>]) -> Option<usize> {
         let min = cands.iter().map(|c| c.load).min()?;
         let ties = cands.iter().filter(|c| c.load == min).count();
         let nth = self.next.fetch_add(1, Ordering::Relaxed) % ties;
@@ -86,7 +86,7 @@ impl LeastLoaded {
 }
 
 impl Selector for LeastLoaded {
-    fn pick(&self, cands: &[Cand<'_>]) -> Option<usize> {
+    fn pick(&self, cands: &[Candidate<'_>]) -> Option<usize> {
         if cands.len() <= 1 {
             return if cands.is_empty() { None } else { Some(0) };
         }
@@ -105,19 +105,19 @@ impl Selector for LeastLoaded {
 mod tests {
     use super::*;
 
-    fn cands(loads: &[i64]) -> Vec<Cand<'static>> {
+    fn candidates(loads: &[i64]) -> Vec<Candidate<'static>> {
         const IDS: [&str; 4] = ["a", "b", "c", "d"];
         loads
             .iter()
             .enumerate()
-            .map(|(i, &load)| Cand { id: IDS[i], load })
+            .map(|(i, &load)| Candidate { id: IDS[i], load })
             .collect()
     }
 
     #[test]
     fn round_robin_rotates() {
         let rr = RoundRobin::default();
-        let c = cands(&[0, 0, 0]);
+        let c = candidates(&[0, 0, 0]);
         let picks: Vec<_> = (0..6).map(|_| rr.pick(&c).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(rr.pick(&[]), None);
@@ -126,8 +126,8 @@ mod tests {
     #[test]
     fn least_connections_prefers_idle_and_rotates_ties() {
         let lc = LeastConnections::default();
-        assert_eq!(lc.pick(&cands(&[5, 1, 3])), Some(1));
-        let c = cands(&[2, 0, 0, 7]);
+        assert_eq!(lc.pick(&candidates(&[5, 1, 3])), Some(1));
+        let c = candidates(&[2, 0, 0, 7]);
         let mut seen = [0; 4];
         for _ in 0..10 {
             seen[lc.pick(&c).unwrap()] += 1;
@@ -146,10 +146,10 @@ mod tests {
     #[test]
     fn least_loaded_follows_ranking_or_falls_back() {
         let ll = LeastLoaded::new(Arc::new(Fixed(Some(vec![2, 0, 1]))));
-        assert_eq!(ll.pick(&cands(&[0, 0, 0])), Some(2));
+        assert_eq!(ll.pick(&candidates(&[0, 0, 0])), Some(2));
         let ll = LeastLoaded::new(Arc::new(Fixed(None)));
         let picks: Vec<_> = (0..3)
-            .map(|_| ll.pick(&cands(&[0, 0, 0])).unwrap())
+            .map(|_| ll.pick(&candidates(&[0, 0, 0])).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2]);
     }

@@ -1,4 +1,6 @@
-//! The one place where a failed forward becomes a status code.
+//! The one place that maps every status the balancer itself makes (not the nodes').
+//!
+//! A failed forward ([`ProxyError`]):
 //!
 //! | error | status | meaning |
 //! |---|---|---|
@@ -12,13 +14,19 @@
 //! | [`ProxyError::HostNotAllowed`] | 421 | the host is not in `listener.allowed_hosts` |
 //! | [`ProxyError::OriginNotAllowed`] | 403 | a WebSocket upgrade whose `Origin` is missing or not allowed |
 //!
-//! The listener answers 503 itself when `listener.max_connections` is reached.
+//! Before HTTP, on a connection the proxy listener refuses ([`Refusal`], raw bytes written
+//! without reading the request): 503 at `listener.max_connections`, 429 at
+//! `listener.max_connections_per_client`.
+//!
+//! The HTTP-to-HTTPS redirect listener ([`redirect_to_https`]): 308 to the same host and path,
+//! 400 without a usable `Host`.
+//!
+//! The admin API ([`AdminError`] and the constants below): 401 without the right token, 404 for
+//! an unknown route or node, 422 for a refused reload, 503 from `/ready` while not ready.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
-
-use super::RespBody;
+use http_body_util::Full;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -72,12 +80,10 @@ impl ProxyError {
     }
 
     /// The response the client gets; also logs the cause and counts it.
-    pub fn response(&self) -> Response<RespBody> {
+    pub fn response(&self) -> Response<Full<Bytes>> {
         tracing::warn!(status = self.status().as_u16(), "{self}");
         metrics::counter!("lb_proxy_errors_total", "kind" => self.kind()).increment(1);
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
-            self.body().as_bytes(),
-        ))));
+        let mut r = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
         *r.status_mut() = self.status();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -105,5 +111,111 @@ impl ProxyError {
             ProxyError::HostNotAllowed => "host_not_allowed",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
         }
+    }
+}
+
+/// A connection the proxy listener refuses before reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `listener.max_connections` reached: 503.
+    Busy,
+    /// `listener.max_connections_per_client` reached for the client address: 429.
+    TooManyFromClient,
+}
+
+impl Refusal {
+    /// The whole answer, as written on the socket.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Refusal::Busy => {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n\
+                Connection: close\r\n\r\n503 Service Unavailable: too busy\n"
+            }
+            Refusal::TooManyFromClient => {
+                b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 51\r\n\
+                Connection: close\r\n\r\n429 Too Many Requests: too many connections from you\n"
+            }
+        }
+    }
+
+    /// The `reason` label of `lb_connections_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Busy => "max_connections",
+            Refusal::TooManyFromClient => "max_connections_per_client",
+        }
+    }
+}
+
+/// The answer of the HTTP-to-HTTPS redirect listener for a request to `host` (without its
+/// port; `None` when the request has none): 308 to the same host and path, else 400.
+pub fn redirect_to_https(host: Option<&str>, path_and_query: &str) -> Response<Full<Bytes>> {
+    let host = host.filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    match host {
+        Some(h) => {
+            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            if let Ok(v) = HeaderValue::from_str(&format!("https://{h}{path_and_query}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+        None => *r.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    r
+}
+
+/// A refused reload through the admin API.
+pub const RELOAD_REFUSED: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+/// `/ready` while shutting down or while no node takes new sessions.
+pub const NOT_READY: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+
+/// An error of the admin API itself, answered as JSON `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// 401 with `WWW-Authenticate: Bearer`.
+    MissingToken,
+    /// 401 with `WWW-Authenticate: Bearer`.
+    WrongToken,
+    /// 404.
+    NoSuchRoute,
+    /// 404.
+    UnknownNode(String),
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::MissingToken | AdminError::WrongToken => StatusCode::UNAUTHORIZED,
+            AdminError::NoSuchRoute | AdminError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AdminError::MissingToken => {
+                "missing bearer token: send Authorization: Bearer <admin.token>".into()
+            }
+            AdminError::WrongToken => "wrong bearer token".into(),
+            AdminError::NoSuchRoute => "no such route".into(),
+            AdminError::UnknownNode(id) => format!("no node with id {id:?}"),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for AdminError {
+    fn into_response(self) -> axum::response::Response {
+        let body = axum::Json(serde_json::json!({ "error": self.message() }));
+        let mut r = (self.status(), body).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lb admin\""),
+            );
+        }
+        r
     }
 }

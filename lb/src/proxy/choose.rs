@@ -1,0 +1,141 @@
+//! The choose step: which node serves a request. Precedence: the learned Qlik session (its
+//! node must be usable), then a valid route cookie, then a new selection from the snapshot's
+//! selector; a pin that cannot be honoured becomes a redispatch and the pin moves.
+
+use std::sync::atomic::Ordering;
+
+use http::header;
+use http::HeaderMap;
+
+use crate::clock;
+use crate::snapshot::{NodePos, Snapshot};
+use crate::state::State;
+use crate::status::ProxyError;
+use crate::sticky::table::SessionKey;
+use crate::sticky::{cookie, route, Decision};
+use crate::upstream::NodeIdx;
+
+/// Where a request's pins point. Read without allocating for GUID session values.
+pub struct Pins {
+    /// A learned session: the position of its node (None if no longer configured) and its key.
+    pub learned: Option<(Option<NodePos>, SessionKey)>,
+    pub route: RoutePin,
+}
+
+/// What the route cookie says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RoutePin {
+    Absent,
+    /// Valid for the node at this position.
+    Valid(NodePos),
+    /// Validly signed for a node this configuration no longer has.
+    Removed,
+    /// Tampered or garbage: no pin.
+    Invalid,
+}
+
+/// The node chosen for a request, how, and the pins it came with.
+pub struct Choice {
+    pub pos: NodePos,
+    pub decision: Decision,
+    pub pins: Pins,
+}
+
+impl Choice {
+    /// The request carries a valid route cookie for the node that serves it (no new cookie).
+    pub fn route_cookie_current(&self) -> bool {
+        self.pins.route == RoutePin::Valid(self.pos)
+    }
+}
+
+/// Chooses the node of a request, or [`ProxyError::NoNode`].
+pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Choice, ProxyError> {
+    let now = clock::now_ms();
+    let pins = read_pins(snap, state, headers);
+    let mut had_pin = false;
+    let mut chosen: Option<(NodePos, Decision)> = None;
+    if let Some((pos, _)) = &pins.learned {
+        had_pin = true;
+        if let Some(pos) = *pos {
+            if snap.node(pos).usable(now) {
+                chosen = Some((pos, Decision::Learned));
+            }
+        }
+    }
+    match pins.route {
+        RoutePin::Valid(pos) => {
+            had_pin = true;
+            if chosen.is_none() && snap.node(pos).usable(now) {
+                chosen = Some((pos, Decision::Cookie));
+            }
+        }
+        // A valid pin to a node this configuration no longer has.
+        RoutePin::Removed => had_pin = true,
+        RoutePin::Absent | RoutePin::Invalid => {}
+    }
+    let (pos, decision) = match chosen {
+        Some(c) => c,
+        None => {
+            let d = if had_pin {
+                Decision::Redispatch
+            } else {
+                Decision::New
+            };
+            match snap.select_new(now, None) {
+                Some(p) => (p, d),
+                None => return Err(ProxyError::NoNode),
+            }
+        }
+    };
+    if decision == Decision::Redispatch {
+        redispatched(state, snap, pos, &pins);
+    }
+    Ok(Choice {
+        pos,
+        decision,
+        pins,
+    })
+}
+
+fn read_pins(snap: &Snapshot, state: &State, headers: &HeaderMap) -> Pins {
+    let mut pins = Pins {
+        learned: None,
+        route: RoutePin::Absent,
+    };
+    for v in headers.get_all(header::COOKIE) {
+        for (name, value) in cookie::pairs(v.as_bytes()) {
+            if *name == *snap.route_cookie {
+                if pins.route == RoutePin::Absent {
+                    pins.route = route_pin(snap, value);
+                }
+            } else if pins.learned.is_none()
+                && !value.is_empty()
+                && snap.session_names.matches(name)
+            {
+                let key = SessionKey::from_value(value);
+                if let Some(idx) = state.sticky.lookup_key(&key) {
+                    pins.learned = Some((snap.pos_of_idx(NodeIdx(idx)), key));
+                }
+            }
+        }
+    }
+    pins
+}
+
+fn route_pin(snap: &Snapshot, value: &[u8]) -> RoutePin {
+    match route::node_id_of(value).and_then(|id| snap.pos_of_id(id)) {
+        Some(pos) if route::matches(&snap.node(pos).route_value, value) => RoutePin::Valid(pos),
+        Some(_) => RoutePin::Invalid,
+        None if snap.route_key.verify(value).is_some() => RoutePin::Removed,
+        None => RoutePin::Invalid,
+    }
+}
+
+/// A pinned request went to another node: count it and move the learned pin.
+pub fn redispatched(state: &State, snap: &Snapshot, pos: NodePos, pins: &Pins) {
+    let n = snap.node(pos);
+    n.state.redispatches_total.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, key)) = &pins.learned {
+        state.sticky.learn_key(key.clone(), n.state.idx.0);
+    }
+}

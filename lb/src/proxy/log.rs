@@ -1,0 +1,52 @@
+//! The log step: per-node metrics (handles prepared with the snapshot) and one access-log line.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use super::ConnInfo;
+use crate::snapshot::{NodePos, Snapshot};
+use crate::sticky::Decision;
+
+/// Which node served a request and how it was chosen, when known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Served {
+    pub node: Option<NodePos>,
+    pub decision: Option<Decision>,
+}
+
+/// Records one finished request.
+pub fn record(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    served: Served,
+    elapsed: Duration,
+) {
+    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+    match served.node {
+        Some(pos) => {
+            let metrics = &snap.node(pos).metrics;
+            metrics.requests[class].increment(1);
+            metrics.duration.record(elapsed.as_secs_f64());
+            if let Some(d) = served.decision {
+                metrics.decisions[d.index()].increment(1);
+            }
+        }
+        None => snap.no_node[class].increment(1),
+    }
+    if snap.config.server.access_log {
+        tracing::info!(
+            target: "lb::access",
+            client = %conn.peer,
+            method = %method,
+            path = path,
+            status = status.as_u16(),
+            node = served.node.map_or("-", |p| &snap.node(p).id),
+            sticky = served.decision.map_or("-", Decision::as_str),
+            ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The respond step: the node's answer as the client gets it. A protocol switch hands both
+//! connections to a tunnel; otherwise hop-by-hop headers go, HSTS is added on HTTPS, the Qlik
+//! session cookies the node sets are learned (or forgotten) and the route cookie is set when
+//! the request did not already carry the right one.
+
+use http::header;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Either;
+use hyper::upgrade::OnUpgrade;
+use std::sync::Arc;
+
+use super::choose::Choice;
+use super::send::Sent;
+use super::{headers, tunnel, ConnInfo, RespBody};
+use crate::snapshot::{Node, Snapshot};
+use crate::state::State;
+use crate::sticky::cookie;
+
+/// Turns the node's answer into the client's.
+pub fn respond(
+    state: &Arc<State>,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    choice: &Choice,
+    sent: Sent,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<RespBody> {
+    let (mut resp, upgrade_handle) = sent;
+    let node = snap.node(choice.pos);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let node_upgrade = hyper::upgrade::on(&mut resp);
+            tunnel::spawn(
+                state,
+                snap,
+                node,
+                client_upgrade,
+                node_upgrade,
+                upgrade_handle,
+            );
+        }
+        return resp.map(Either::Left);
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), false);
+    if conn.tls {
+        if let Some(v) = &snap.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+    }
+    learn(state, snap, node, resp.headers(), choice);
+    if !choice.route_cookie_current() {
+        let v = if conn.tls {
+            &node.set_cookie_secure
+        } else {
+            &node.set_cookie
+        };
+        resp.headers_mut().append(header::SET_COOKIE, v.clone());
+    }
+    resp.map(Either::Left)
+}
+
+/// Records the Qlik session cookies a node sets, and forgets the ones it removes.
+fn learn(state: &State, snap: &Snapshot, node: &Node, headers: &HeaderMap, choice: &Choice) {
+    for v in headers.get_all(header::SET_COOKIE) {
+        let Some(c) = cookie::parse_set_cookie(v.as_bytes()) else {
+            continue;
+        };
+        if !snap.session_names.matches(c.name) {
+            continue;
+        }
+        if c.removes {
+            if let Some((_, key)) = &choice.pins.learned {
+                state.sticky.forget_key(key);
+            }
+        } else {
+            state.sticky.learn(c.value, node.state.idx.0);
+            state.metrics_handles.learned_total.increment(1);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The send step: the request to the chosen node through its pool, bounded by
+//! `upstream.response_timeout`. A request that could not be sent at all (no connection) goes
+//! to another node (a redispatch); an error answer counts towards passive health.
+
+use std::sync::atomic::Ordering;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::client::conn::http1::SendRequest;
+
+use super::choose::{redispatched, Choice};
+use super::Failed;
+use crate::clock;
+use crate::snapshot::{Node, Snapshot};
+use crate::state::State;
+use crate::status::ProxyError;
+use crate::sticky::Decision;
+use crate::upstream::pool::{PooledBody, SendError, UpBody};
+
+/// The node's answer, and for a protocol switch the handle that keeps its connection until the
+/// upgrade completes.
+pub type Sent = (Response<PooledBody>, Option<SendRequest<UpBody>>);
+
+/// Sends `req` to `choice`'s node; a redispatch updates `choice`.
+pub async fn send(
+    state: &State,
+    snap: &Snapshot,
+    choice: &mut Choice,
+    mut req: Request<UpBody>,
+) -> Result<Sent, Failed> {
+    let timeout = snap.config.upstream.response_timeout;
+    let mut tried = 0usize;
+    loop {
+        let node = snap.node(choice.pos);
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(h) = HeaderValue::from_str(node.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
+        let guard = InFlight::new(node);
+        node.state.requests_total.fetch_add(1, Ordering::Relaxed);
+        let res = tokio::time::timeout(timeout, node.pool.send(req)).await;
+        drop(guard);
+        let error = match res {
+            Ok(Ok(ok)) => {
+                if ok.0.status().is_server_error() {
+                    passive_error(snap, node);
+                } else {
+                    node.state.mark_ok();
+                }
+                return Ok(ok);
+            }
+            Ok(Err(SendError::Connect(e, unsent))) => {
+                // Nothing was sent: the same request may go to another node.
+                node.state.mark_failed(snap.passive_fail_ms);
+                tried += 1;
+                let next = if tried < snap.nodes.len() {
+                    snap.select_new(clock::now_ms(), Some(choice.pos))
+                } else {
+                    None
+                };
+                let Some(next) = next else {
+                    return Err(failed(ProxyError::Connect(e), choice));
+                };
+                tracing::debug!(node = %node.id, "connect failed, redispatching: {e}");
+                req = *unsent;
+                choice.pos = next;
+                choice.decision = Decision::Redispatch;
+                redispatched(state, snap, next, &choice.pins);
+                continue;
+            }
+            Ok(Err(SendError::Failed(e))) => ProxyError::Upstream(e.to_string()),
+            Err(_) => ProxyError::Timeout,
+        };
+        passive_error(snap, node);
+        return Err(failed(error, choice));
+    }
+}
+
+fn failed(error: ProxyError, choice: &Choice) -> Failed {
+    Failed {
+        error,
+        node: Some(choice.pos),
+        decision: Some(choice.decision),
+    }
+}
+
+/// Decrements a node's in-flight count however the request ends.
+struct InFlight<'a>(&'a Node);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a Node) -> Self {
+        n.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Passive health: an error answer counts towards taking the node out.
+fn passive_error(snap: &Snapshot, node: &Node) {
+    let h = &snap.config.health;
+    node.state.note_error(
+        h.passive_errors,
+        h.passive_window.as_millis() as u64,
+        snap.passive_fail_ms,
+    );
+}

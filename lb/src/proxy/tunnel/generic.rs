@@ -1,0 +1,75 @@
+//! The generic splice (TLS on either side): a copy with small buffers and the same idle and
+//! close handling as the TCP splice, without the frame tracking.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::takeover::Io;
+use super::{Closing, Counts, End, FIN_LINGER};
+use crate::clock;
+
+/// The generic path (TLS on either side): a copy with small buffers and the same idle and
+/// close handling, without the frame tracking.
+pub(super) async fn splice_generic(
+    client: Box<dyn Io>,
+    node: Box<dyn Io>,
+    idle: Duration,
+    closing: &Closing<'_>,
+    counts: &Counts,
+) -> End {
+    let last = AtomicU64::new(clock::now_ms());
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut nr, mut nw) = tokio::io::split(node);
+    let up = copy(&mut cr, &mut nw, &last, &counts.to_node);
+    let down = copy(&mut nr, &mut cw, &last, &counts.to_client);
+    let both = both_with_linger(up, down);
+    tokio::select! {
+        _ = both => End::Closed,
+        _ = idle_watch(&last, idle) => End::Idle,
+        _ = closing.cancelled() => End::Closing,
+    }
+}
+
+async fn copy<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, count: &AtomicU64) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        last.store(clock::now_ms(), Ordering::Relaxed);
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs both directions; once one ends, the other gets at most [`FIN_LINGER`].
+async fn both_with_linger<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    tokio::pin!(a);
+    tokio::pin!(b);
+    tokio::select! {
+        _ = &mut a => { let _ = tokio::time::timeout(FIN_LINGER, b).await; }
+        _ = &mut b => { let _ = tokio::time::timeout(FIN_LINGER, a).await; }
+    }
+}
+
+async fn idle_watch(last: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let deadline = last.load(Ordering::Relaxed) + idle_ms;
+        let now = clock::now_ms();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! Background tasks of a running balancer: the sticky table sweeper (which also syncs engine
+//! saturation into node state and closes the tunnels of removed nodes past their drain
+//! deadline) and the configuration file watcher.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::State;
+use crate::upstream::NodeIdx;
+
+/// Reloads when the configuration file changes. The folder is watched, not the file, since
+/// editors and deploy tools replace files by rename; events are debounced.
+pub async fn watch_config(state: Arc<State>, path: PathBuf) {
+    use notify_debouncer_full::notify::RecursiveMode;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let file_name = path.file_name().map(|f| f.to_os_string());
+    let debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            if let Ok(events) = res {
+                let hit = events.iter().any(|e| {
+                    e.paths
+                        .iter()
+                        .any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+                });
+                if hit {
+                    let _ = tx.send(());
+                }
+            }
+        },
+    );
+    let mut debouncer = match debouncer {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {}: {e}; reload with SIGHUP or the admin API",
+                dir.display()
+            );
+            return;
+        }
+    };
+    if let Err(e) = debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(
+            "cannot watch {}: {e}; reload with SIGHUP or the admin API",
+            dir.display()
+        );
+        return;
+    }
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            ev = rx.recv() => if ev.is_none() { return },
+        }
+        // Only a change of content reloads (a touch or a rename of the same text does not).
+        let now = std::fs::read(&path).ok();
+        if now.is_some() && now != last {
+            last = now;
+            tracing::info!("{} changed: reloading", path.display());
+            let _ = state.reload_from(&path);
+        }
+    }
+}
+
+/// Expires idle learned sessions and keeps the table within its bound.
+pub async fn sweeper(state: Arc<State>) {
+    let size = metrics::gauge!("lb_sticky_sessions");
+    let evictions = metrics::counter!("lb_sticky_evictions_total");
+    let expirations = metrics::counter!("lb_sticky_expirations_total");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_full = tokio::time::Instant::now();
+    // Nodes removed by a reload whose tunnels were closed at their drain deadline.
+    let mut retired = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Bound checks are cheap and run often; idle expiry scans the table every 10 s.
+        if state.sticky.over_limit() || last_full.elapsed() >= Duration::from_secs(10) {
+            last_full = tokio::time::Instant::now();
+            let (expired, evicted) = state.sticky.sweep();
+            expirations.increment(expired);
+            evictions.increment(evicted);
+        }
+        size.set(state.sticky.len() as f64);
+        close_retired_tunnels(&state, &mut retired);
+        sync_saturation(&state);
+        state.metrics.run_upkeep();
+    }
+}
+
+/// Copies engine saturation from telemetry into node state (the selection gate).
+fn sync_saturation(state: &State) {
+    let snap = state.snapshot.load();
+    let policy = state.telemetry.policy();
+    for n in &snap.nodes {
+        if n.engine.is_none() {
+            continue;
+        }
+        let saturated = state
+            .telemetry
+            .fresh_sample(&n.id)
+            .is_some_and(|(sample, cpu)| policy.is_saturated(&sample, cpu));
+        if saturated != n.state.saturated() {
+            tracing::info!(node = %n.id, saturated, "engine saturation changed");
+            n.state.set_saturated(saturated);
+        }
+    }
+}
+
+/// Closes the tunnels of nodes removed by a reload once their drain deadline has passed
+/// (clients get close code 1001); their later requests are redispatched.
+fn close_retired_tunnels(state: &State, retired: &mut HashSet<NodeIdx>) {
+    let snap = state.snapshot.load();
+    let now = crate::clock::now_ms();
+    for n in &snap.nodes {
+        match n.retiring_until_ms {
+            Some(t) if t <= now => {
+                if retired.insert(n.state.idx) {
+                    tracing::info!(node = %n.id, "drain deadline of a removed node: closing its websockets");
+                    n.state.close_tunnels();
+                }
+            }
+            _ => {
+                retired.remove(&n.state.idx);
+            }
+        }
+    }
+}
