@@ -1,5 +1,8 @@
 //! Shared harness of the end-to-end tests: a balancer in-process over real sockets on
 //! 127.0.0.1, in front of simulated Qlik nodes (the `lb-sim` crate).
+//!
+//! - this module: test configurations, starting a balancer, a browser-like [`User`];
+//! - [`faults`]: helpers of the fault-injection tests (panic watch, leak checks, fake nodes).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +10,8 @@ use std::path::Path;
 use lb::Server;
 use lb_bench::client::{CookieJar, HttpConn, HttpResponse, Target};
 use lb_config::Config;
+
+pub mod faults;
 
 pub use lb_bench::client;
 pub use lb_sim::{SimCluster, SimOptions};
