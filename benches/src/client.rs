@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::sim::NODE_HEADER;
+use lb_sim::NODE_HEADER;
 
 /// A WebSocket over a plain TCP connection.
 pub type WsStream = WebSocketStream<TcpStream>;
@@ -283,8 +283,8 @@ pub async fn ws_connect(
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buffer)
         .write_buffer_size(0)
-        .max_message_size(Some(crate::sim::MAX_WS_MESSAGE))
-        .max_frame_size(Some(crate::sim::MAX_WS_MESSAGE));
+        .max_message_size(Some(lb_sim::MAX_WS_MESSAGE))
+        .max_frame_size(Some(lb_sim::MAX_WS_MESSAGE));
     match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
         Ok((ws, resp)) => {
             let node = node_of(resp.headers()).map(str::to_string);

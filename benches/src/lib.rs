@@ -1,7 +1,8 @@
-//! lb-bench: a Qlik Sense node simulator, a load generator with Qlik-like scenarios, and the
+//! lb-bench: a load generator with Qlik-like scenarios, and the
 //! peer comparison harness for `lb`.
 //!
-//! - [`sim`]: simulated QPS nodes (session cookies, engine health check, WebSocket echo).
+//! - [`sim`]: the Qlik node simulator, which is the `lb-sim` crate (re-exported here so
+//!   `lb_bench::sim::...` keeps naming it).
 //! - [`client`]: a small keep-alive HTTP/1.1 and WebSocket client with a cookie jar.
 //! - [`report`]: latency summaries, stickiness accounting and the JSON result.
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
@@ -9,4 +10,4 @@
 pub mod client;
 pub mod report;
 pub mod scenario;
-pub mod sim;
+pub use lb_sim as sim;

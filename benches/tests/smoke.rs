@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
 use lb_bench::client::{ws_connect, CookieJar, HttpConn, Target, WsConnect};
 use lb_bench::scenario::{self, Scenario, ScenarioOpts};
-use lb_bench::sim::{EngineTelemetry, SimCluster, SimOptions};
+use lb_sim::{EngineTelemetry, SimCluster, SimOptions};
 use tokio_tungstenite::tungstenite::Message;
 
 fn target(addr: std::net::SocketAddr) -> Target {

@@ -1,5 +1,8 @@
 //! Shared harness of the end-to-end tests: a balancer in-process over real sockets on
-//! 127.0.0.1, in front of simulated Qlik nodes.
+//! 127.0.0.1, in front of simulated Qlik nodes (the `lb-sim` crate).
+//!
+//! - this module: test configurations, starting a balancer, a browser-like [`User`];
+//! - [`faults`]: helpers of the fault-injection tests (panic watch, leak checks, fake nodes).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,8 +11,10 @@ use lb::Server;
 use lb_bench::client::{CookieJar, HttpConn, HttpResponse, Target};
 use lb_config::Config;
 
+pub mod faults;
+
 pub use lb_bench::client;
-pub use lb_bench::sim::{SimCluster, SimOptions};
+pub use lb_sim::{SimCluster, SimOptions};
 
 /// A configuration with the proxy on an ephemeral port, the given nodes (ids qps1, qps2, ...)
 /// and `extra` TOML appended (sections other than `[listener]` and `[[nodes]]`).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use http::StatusCode;
-use lb_bench::sim::EngineTelemetry;
+use lb_sim::EngineTelemetry;
 use lb_tests::{start_lb_with_engines, SimCluster, SimOptions, User};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

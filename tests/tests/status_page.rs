@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use lb::Server;
-use lb_bench::sim::EngineTelemetry;
+use lb_sim::EngineTelemetry;
 use lb_tests::{SimCluster, SimOptions, User};
 use serde_json::{json, Value};
 

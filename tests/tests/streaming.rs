@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use lb_sim::pattern_byte as pattern;
 use lb_tests::{start_lb, SimCluster, SimOptions};
 use sha2::{Digest, Sha256};
 
@@ -24,10 +25,6 @@ fn peak_rss_kb() -> u64 {
 fn reset_peak() {
     // Linux: writing 5 to clear_refs resets the peak resident set size.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn pattern(i: u64) -> u8 {
-    lb_bench::sim::pattern_byte(i)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use lb_bench::report::Report;
 use lb_bench::scenario::{self, Scenario, ScenarioOpts};
-use lb_bench::sim::{SimCluster, SimOptions};
+use lb_sim::{SimCluster, SimOptions};
 
 #[derive(Parser)]
 #[command(
@@ -434,7 +434,7 @@ async fn module_order(cluster: &SimCluster) -> Option<Vec<String>> {
 
 /// Shows the module API's engine ranking following the engines' live telemetry.
 async fn show_ranking(cluster: &SimCluster) {
-    use lb_bench::sim::EngineTelemetry;
+    use lb_sim::EngineTelemetry;
     let Some(before) = module_order(cluster).await else {
         println!("module API not reachable on {MODULE_API}: ranking demo skipped");
         return;
