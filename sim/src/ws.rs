@@ -56,8 +56,8 @@ pub(crate) fn upgrade(
             _ = cancel.cancelled() => return,
             u = on_upgrade => match u { Ok(u) => u, Err(_) => return },
         };
-        shared2.ws_open.fetch_add(1, Ordering::Relaxed);
-        let _guard = OpenGuard(&shared2.ws_open);
+        shared2.stats.ws_open.fetch_add(1, Ordering::Relaxed);
+        let _guard = OpenGuard(&shared2.stats.ws_open);
         // A small read buffer keeps thousands of idle sockets cheap; messages still grow to
         // MAX_WS_MESSAGE.
         let config = WebSocketConfig::default()
@@ -73,7 +73,7 @@ pub(crate) fn upgrade(
         }
     });
 
-    shared.ws_accepted.fetch_add(1, Ordering::Relaxed);
+    shared.stats.ws_accepted.fetch_add(1, Ordering::Relaxed);
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

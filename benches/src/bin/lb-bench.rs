@@ -221,6 +221,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = SimOptions {
                 cookie_name,
                 name_prefix,
+                ..SimOptions::default()
             };
             runtime(threads)?.block_on(run_sim(nodes, base_port, opts))?;
             return Ok(ExitCode::SUCCESS);
