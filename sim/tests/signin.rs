@@ -557,3 +557,53 @@ async fn default_mode_is_unchanged_and_has_no_sign_in_ports() {
     let foreign = whoami(sim.node(1).addr(), &session_cookie(&r)).await;
     assert_eq!(foreign.status, 401);
 }
+
+#[tokio::test]
+async fn ntlm_inside_negotiate_is_answered_in_kind() {
+    let sim = windows_cluster(1).await;
+    let mut user = Conn::connect(sim.node(0).addr()).await.unwrap();
+    let login = start_login(&mut user).await;
+    let mut a = Conn::connect(sim.node(0).auth_addr().unwrap())
+        .await
+        .unwrap();
+    let t1 = ntlm::type1("CORP", "WS1").replacen("NTLM ", "Negotiate ", 1);
+    let r = a.get(&login, &[UA, ("authorization", &t1)]).await.unwrap();
+    let offer = r.header("www-authenticate").unwrap().to_string();
+    assert!(offer.starts_with("Negotiate "), "{offer}");
+    let challenge = ntlm::challenge_of(&offer).unwrap();
+    let t3 = ntlm::type3(challenge, "CORP", "ken", "WS1").replacen("NTLM ", "Negotiate ", 1);
+    let r = a.get(&login, &[UA, ("authorization", &t3)]).await.unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(sim.node(0).stats().ntlm_logins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_ntlm_sign_ins_each_get_their_own_session() {
+    let sim = std::sync::Arc::new(windows_cluster(3).await);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let sim = sim.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = Browser::new(Identity::ntlm("CORP", &format!("u{i}")));
+            b.leg_pause = Duration::from_millis(2);
+            let node = sim.node(i % 3).addr();
+            let page = b.navigate(&format!("http://{node}/hub/")).await.unwrap();
+            assert_eq!(page.status, 200, "{:?}", b.trail);
+            let me = b
+                .navigate(&format!("http://{node}/_sim/whoami"))
+                .await
+                .unwrap();
+            assert_eq!(json_of(&me)["user"], format!("CORP\\u{i}"));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..200 {
+        let u = SimUser::new("CORP", &format!("u{i}"));
+        assert_eq!(sim.sessions_of(&u), [(format!("node{}", i % 3 + 1), 1)]);
+    }
+    let logins: u64 = sim.nodes().iter().map(|n| n.stats().ntlm_logins).sum();
+    let failures: u64 = sim.nodes().iter().map(|n| n.stats().ntlm_failures).sum();
+    assert_eq!((logins, failures), (200, 0));
+}
