@@ -241,7 +241,8 @@ impl Browser {
         self.conns.clear();
     }
 
-    fn cookie_header(&self) -> Option<String> {
+    /// The jar as a `Cookie` header value (to hand the cookies to another client).
+    pub fn cookie_header(&self) -> Option<String> {
         (!self.jar.is_empty()).then(|| {
             self.jar
                 .iter()
