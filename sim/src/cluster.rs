@@ -26,6 +26,9 @@ pub struct SimOptions {
     /// the balancer's authentication listener port. Also settable later with
     /// [`SimCluster::set_advertised_auth_port`].
     pub advertised_auth_port: Option<u16>,
+    /// The REST API port an external module is told in `proxyRestUri` (`None`: each node's
+    /// own; a balancer's REST API listener when one is in front).
+    pub advertised_rest_port: Option<u16>,
     /// Scheme of the URLs the nodes build (redirects, targets, SAML ACS): `http` (default) or
     /// `https` when TLS is terminated in front of them.
     pub scheme: String,
@@ -49,6 +52,7 @@ impl Default for SimOptions {
             auth_base_port: None,
             rest_base_port: None,
             advertised_auth_port: None,
+            advertised_rest_port: None,
             scheme: "http".to_string(),
             prefix: String::new(),
             windows_pattern: "Windows".to_string(),
@@ -182,6 +186,13 @@ impl SimCluster {
     pub fn set_advertised_auth_port(&self, port: u16) {
         for n in &self.nodes {
             n.set_advertised_auth_port(port);
+        }
+    }
+
+    /// Sets the REST API port every node's `proxyRestUri` names.
+    pub fn set_advertised_rest_port(&self, port: u16) {
+        for n in &self.nodes {
+            n.set_advertised_rest_port(port);
         }
     }
 

@@ -34,6 +34,9 @@
 //!   invalid, used, expired or foreign ticket, or a foreign session cookie, means signing in
 //!   again; requests that cannot be redirected (not `GET`, WebSockets) get `401`;
 //! - the REST API makes tickets and sessions (`POST /qps/[<prefix>/]ticket|session`);
+//! - [`Auth::External`] sends the user to an external module with `targetId` and
+//!   `proxyRestUri`; [`Auth::Header`] trusts a header's user id; [`Auth::Anonymous`] gives
+//!   anonymous sessions unless `forceAuthentication=yes`;
 //! - `GET [/<prefix>]/_sim/whoami` reports the node and the session's user; every session
 //!   belongs to a [`SimUser`] ([`SimNode::sessions`], [`SimCluster::sessions_of`]).
 //!

@@ -129,6 +129,12 @@ impl SimNode {
                 .own_auth_port
                 .store(a.port(), Ordering::Relaxed);
         }
+        if let Some(a) = rest_addr {
+            shared
+                .signin
+                .own_rest_port
+                .store(a.port(), Ordering::Relaxed);
+        }
         let running = spawn_node(&shared, listeners);
         Ok(SimNode {
             shared,
@@ -245,6 +251,15 @@ impl SimNode {
         self.shared
             .signin
             .advertised_auth_port
+            .store(port, Ordering::Relaxed);
+    }
+
+    /// The REST API port an external module is told in `proxyRestUri`; 0 restores the node's
+    /// own.
+    pub fn set_advertised_rest_port(&self, port: u16) {
+        self.shared
+            .signin
+            .advertised_rest_port
             .store(port, Ordering::Relaxed);
     }
 

@@ -53,6 +53,8 @@ pub struct SimStats {
     pub saml_rejections: u64,
     /// Sign-ins that named a targetId this node did not issue (the user is sent to the hub).
     pub unknown_targets: u64,
+    /// Sessions made for the user a header-authentication header named.
+    pub header_logins: u64,
 }
 
 /// The live counters behind [`SimStats`].
@@ -77,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) saml_logins: AtomicU64,
     pub(crate) saml_rejections: AtomicU64,
     pub(crate) unknown_targets: AtomicU64,
+    pub(crate) header_logins: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +104,7 @@ impl Counters {
             saml_logins: self.saml_logins.load(Ordering::Relaxed),
             saml_rejections: self.saml_rejections.load(Ordering::Relaxed),
             unknown_targets: self.unknown_targets.load(Ordering::Relaxed),
+            header_logins: self.header_logins.load(Ordering::Relaxed),
         }
     }
 }

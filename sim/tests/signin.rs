@@ -607,3 +607,87 @@ async fn two_hundred_concurrent_ntlm_sign_ins_each_get_their_own_session() {
     let failures: u64 = sim.nodes().iter().map(|n| n.stats().ntlm_failures).sum();
     assert_eq!((logins, failures), (200, 0));
 }
+
+#[tokio::test]
+async fn external_module_gets_the_target_and_this_node_s_rest_api() {
+    let opts = SimOptions {
+        prefix: "ext".to_string(),
+        ..SimOptions::with_auth(Auth::External {
+            url: "http://portal.example/login".to_string(),
+        })
+    };
+    let sim = SimCluster::start(2, 0, opts).await.unwrap();
+    let node = sim.node(1);
+    let mut user = Conn::connect(node.addr()).await.unwrap();
+    let r = user.get("/ext/hub/", &[UA]).await.unwrap();
+    assert_eq!(r.status, 302);
+    let loc = r.location().unwrap();
+    assert!(
+        loc.starts_with("http://portal.example/login?targetId="),
+        "{loc}"
+    );
+    let query = loc.split_once('?').map(|x| x.1);
+    let target_id = lb_sim::url::param(query, "targetId").unwrap();
+    let rest_uri = lb_sim::url::param(query, "proxyRestUri").unwrap();
+    let rest = node.rest_addr().unwrap();
+    assert_eq!(
+        rest_uri,
+        format!("http://127.0.0.1:{}/qps/ext/", rest.port())
+    );
+
+    // The module asks that REST API for a ticket and sends the user back with it.
+    let body = json!({"UserDirectory": "CORP", "UserId": "leo", "TargetId": target_id});
+    let (status, v) = post_json(rest, "/qps/ext/ticket", &body).await;
+    assert_eq!(status, 201);
+    let back = lb_sim::url::with_param(
+        v["TargetUri"].as_str().unwrap(),
+        "qlikTicket",
+        v["Ticket"].as_str().unwrap(),
+    );
+    let (_, path) = split_url(&back).unwrap();
+    let r = user.get(&path, &[UA]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let me = whoami(node.addr(), &session_cookie(&r)).await;
+    assert_eq!(json_of(&me)["user"], "CORP\\leo");
+    assert_eq!(json_of(&me)["node"], "node2");
+
+    sim.set_advertised_rest_port(18043);
+    let r = user.get("/ext/qmc/", &[UA]).await.unwrap();
+    assert!(r
+        .location()
+        .unwrap()
+        .contains("proxyRestUri=http%3A%2F%2F127.0.0.1%3A18043%2Fqps%2Fext%2F"));
+}
+
+#[tokio::test]
+async fn header_authentication_trusts_its_header() {
+    let auth = Auth::Header {
+        name: "X-Sim-User".to_string(),
+        directory: "HDR".to_string(),
+    };
+    let sim = SimCluster::start(1, 0, SimOptions::with_auth(auth))
+        .await
+        .unwrap();
+    let node = sim.node(0);
+    let mut c = Conn::connect(node.addr()).await.unwrap();
+    assert_eq!(c.get("/hub/", &[]).await.unwrap().status, 401);
+    let r = c
+        .get("/_sim/whoami", &[("x-sim-user", "mallory")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(json_of(&r)["user"], "HDR\\mallory");
+    let cookie = format!("X-Qlik-Session={}", session_cookie(&r));
+    let r = c.get("/_sim/whoami", &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(json_of(&r)["user"], "HDR\\mallory");
+    // Another name in the header is another user.
+    let r = c
+        .get(
+            "/_sim/whoami",
+            &[("cookie", &cookie), ("x-sim-user", "admin")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(json_of(&r)["user"], "HDR\\admin");
+    assert_eq!(node.stats().header_logins, 2);
+}

@@ -42,8 +42,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Sign-in: first-request (a session on the first request), windows (NTLM/Kerberos on
-        /// an authentication port at base port + 40, REST API at + 60), anonymous, or
-        /// saml=<identity provider SSO URL>.
+        /// an authentication port at base port + 40, REST API at + 60), anonymous,
+        /// saml=<identity provider SSO URL>, external=<module URL> or header=<header name>.
         #[arg(long, default_value = "first-request")]
         auth: lb_sim::Auth,
         /// Authentication port the sign-in redirects name (default: each node's own; a

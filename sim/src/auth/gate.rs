@@ -9,6 +9,9 @@
 //! 3. otherwise ([`Auth::Anonymous`] without `forceAuthentication=yes`) a new anonymous session;
 //! 4. otherwise a `GET` that is no WebSocket upgrade is redirected to sign in (a new targetId
 //!    for the URL it asked for), and anything else is refused with `401`.
+//!
+//! [`Auth::Header`] instead trusts its header: a session for the user it names (kept while
+//! the header names the same user), `401` without header nor session.
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -62,6 +65,9 @@ pub(crate) fn gate(shared: &NodeShared, req: &Request<Incoming>, upgrade: bool) 
             }
         };
     }
+    if let Auth::Header { name, directory } = &si.mode {
+        return header_gate(shared, req, name, directory);
+    }
     if let Some(ticket) = url::param(req.uri().query(), TICKET_PARAM) {
         match si.redeem(&ticket) {
             Ok((user, _target)) => {
@@ -91,6 +97,38 @@ pub(crate) fn gate(shared: &NodeShared, req: &Request<Incoming>, upgrade: bool) 
         return Gate::Answer(text(StatusCode::UNAUTHORIZED, "not signed in\n"));
     }
     Gate::Answer(login_redirect(shared, req))
+}
+
+/// Header authentication: the header names the user; a session of that user is kept.
+fn header_gate(shared: &NodeShared, req: &Request<Incoming>, name: &str, directory: &str) -> Gate {
+    let claimed = req
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|id| SimUser::new(directory, id));
+    match (shared.lookup(req.headers()), claimed) {
+        (Lookup::Known(session), None) => Gate::Pass {
+            session,
+            set_cookie: None,
+        },
+        (Lookup::Known(session), Some(user)) if session.user == user => Gate::Pass {
+            session,
+            set_cookie: None,
+        },
+        (_, Some(user)) => {
+            inc(&shared.stats.header_logins);
+            pass(shared, user)
+        }
+        (lookup, None) => {
+            if matches!(lookup, Lookup::Foreign) {
+                inc(&shared.stats.foreign_rejections);
+            }
+            inc(&shared.stats.unauthenticated);
+            Gate::Answer(text(StatusCode::UNAUTHORIZED, "no user in the header\n"))
+        }
+    }
 }
 
 /// The request's `Host` header (or the URI's authority), as the user addressed the site.
@@ -128,6 +166,17 @@ fn login_redirect(shared: &NodeShared, req: &Request<Incoming>) -> Response<SimB
             let (relay, request_id) = si.new_relay(target_id);
             let acs = format!("{}://{host}{}/samlauthn/", si.scheme, si.prefix);
             saml::redirect_url(idp_sso_url, &request_id, &acs, &shared.name, &relay)
+        }
+        Auth::External { url: module } => {
+            let rest = format!(
+                "{}://{}:{}/qps{}/",
+                si.scheme,
+                url::host_without_port(&host),
+                si.rest_port(),
+                si.prefix
+            );
+            let u = url::with_param(module, "targetId", &target_id);
+            url::with_param(&u, "proxyRestUri", &rest)
         }
         _ => {
             let ua = req

@@ -46,23 +46,48 @@ pub enum Auth {
     /// "Allow anonymous user": an unauthenticated request gets a session of the anonymous
     /// user, unless it asks `forceAuthentication=yes` (then as [`Auth::Windows`]).
     Anonymous,
+    /// Ticket authentication with an external module at `url`: an unauthenticated `GET` is
+    /// redirected to `url?targetId=<T>&proxyRestUri=<this node's REST API>/qps/[<prefix>/]`;
+    /// the module asks that REST API for a ticket and sends the user back with it.
+    External {
+        /// The authentication module's URL.
+        url: String,
+    },
+    /// Header authentication with a static user directory: the QPS trusts the request header
+    /// `name` as the user id (in `directory`) and makes a session for it. A request without
+    /// the header and without a session gets `401`.
+    Header {
+        /// The virtual proxy's "Header authentication header name".
+        name: String,
+        /// The "Header authentication static user directory".
+        directory: String,
+    },
 }
 
 impl std::str::FromStr for Auth {
     type Err = String;
 
-    /// `first-request`, `windows`, `anonymous` or `saml=<identity provider SSO URL>`.
+    /// `first-request`, `windows`, `anonymous`, `saml=<identity provider SSO URL>`,
+    /// `external=<module URL>` or `header=<header name>` (user directory `HEADER`).
     fn from_str(s: &str) -> Result<Auth, String> {
         match s {
             "first-request" => Ok(Auth::FirstRequest),
             "windows" => Ok(Auth::Windows),
             "anonymous" => Ok(Auth::Anonymous),
-            _ => match s.strip_prefix("saml=") {
-                Some(url) if !url.is_empty() => Ok(Auth::Saml {
+            _ => match s.split_once('=') {
+                Some(("saml", url)) if !url.is_empty() => Ok(Auth::Saml {
                     idp_sso_url: url.to_string(),
                 }),
+                Some(("external", url)) if !url.is_empty() => Ok(Auth::External {
+                    url: url.to_string(),
+                }),
+                Some(("header", name)) if !name.is_empty() => Ok(Auth::Header {
+                    name: name.to_string(),
+                    directory: "HEADER".to_string(),
+                }),
                 _ => Err(format!(
-                    "unknown sign-in {s:?}: first-request, windows, anonymous or saml=<url>"
+                    "unknown sign-in {s:?}: first-request, windows, anonymous, saml=<url>, \
+                     external=<url> or header=<name>"
                 )),
             },
         }
@@ -187,6 +212,10 @@ pub(crate) struct SignIn {
     pub(crate) advertised_auth_port: AtomicU16,
     /// The port the node's authentication listener is bound to.
     pub(crate) own_auth_port: AtomicU16,
+    /// The REST API port external modules are told (`proxyRestUri`); 0 means the node's own.
+    pub(crate) advertised_rest_port: AtomicU16,
+    /// The port the node's REST API listener is bound to.
+    pub(crate) own_rest_port: AtomicU16,
     pub(crate) clock: Clock,
     targets: Mutex<HashMap<String, Target>>,
     tickets: Mutex<HashMap<String, Ticket>>,
@@ -216,6 +245,8 @@ impl SignIn {
             form_password: opts.form_password.clone(),
             advertised_auth_port: AtomicU16::new(opts.advertised_auth_port.unwrap_or(0)),
             own_auth_port: AtomicU16::new(0),
+            advertised_rest_port: AtomicU16::new(opts.advertised_rest_port.unwrap_or(0)),
+            own_rest_port: AtomicU16::new(0),
             clock: Clock::new(),
             targets: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
@@ -227,6 +258,14 @@ impl SignIn {
     pub(crate) fn auth_port(&self) -> u16 {
         match self.advertised_auth_port.load(Ordering::Relaxed) {
             0 => self.own_auth_port.load(Ordering::Relaxed),
+            p => p,
+        }
+    }
+
+    /// The REST API port `proxyRestUri` names.
+    pub(crate) fn rest_port(&self) -> u16 {
+        match self.advertised_rest_port.load(Ordering::Relaxed) {
+            0 => self.own_rest_port.load(Ordering::Relaxed),
             p => p,
         }
     }
