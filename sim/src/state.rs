@@ -184,8 +184,15 @@ impl NodeShared {
     }
 
     /// `Set-Cookie` for session `id`.
+    /// `Secure` is added when the node's URLs are `https` (TLS terminated in front of it).
     pub(crate) fn set_cookie(&self, id: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!("{}={id}; Path=/; HttpOnly", self.cookie_name)).ok()
+        let secure = if self.signin.scheme == "https" {
+            "; Secure"
+        } else {
+            ""
+        };
+        let c = format!("{}={id}; Path=/; HttpOnly{secure}", self.cookie_name);
+        HeaderValue::from_str(&c).ok()
     }
 
     /// What the request's session cookies mean here.

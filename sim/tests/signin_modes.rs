@@ -328,3 +328,29 @@ async fn header_authentication_trusts_its_header() {
     assert_eq!(json_of(&r)["user"], "HDR\\admin");
     assert_eq!(node.stats().header_logins, 2);
 }
+
+#[tokio::test]
+async fn behind_tls_the_urls_are_https_and_the_session_cookie_secure() {
+    let opts = SimOptions {
+        scheme: "https".to_string(),
+        advertised_auth_port: Some(4244),
+        ..SimOptions::with_auth(Auth::Windows)
+    };
+    let sim = SimCluster::start(1, 0, opts).await.unwrap();
+    let mut c = Conn::connect_as(sim.node(0).addr(), "qlik.example.com")
+        .await
+        .unwrap();
+    let r = c.get("/hub/", &[UA]).await.unwrap();
+    let loc = r.location().unwrap();
+    assert!(
+        loc.starts_with("https://qlik.example.com:4244/windows_authentication/?targetId="),
+        "{loc}"
+    );
+    let body = json!({"UserDirectory": "CORP", "UserId": "mike"});
+    let (_, v) = post_json(sim.node(0).rest_addr().unwrap(), "/qps/ticket", &body).await;
+    let path = format!("/hub/?qlikTicket={}", v["Ticket"].as_str().unwrap());
+    let r = c.get(&path, &[UA]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.ends_with("; Path=/; HttpOnly; Secure"), "{cookie}");
+}
