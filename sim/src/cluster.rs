@@ -41,6 +41,10 @@ pub struct SimOptions {
     pub ticket_lifetime: Duration,
     /// The password the forms login accepts for every user (default `qlik`).
     pub form_password: String,
+    /// The virtual proxy's session inactivity timeout (a QPS's default is 30 minutes); `None`
+    /// (the default here) keeps sessions for the node's life. Requests and WebSocket messages
+    /// of a session count as activity; the sign-in clock measures it.
+    pub session_timeout: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -58,6 +62,7 @@ impl Default for SimOptions {
             windows_pattern: "Windows".to_string(),
             ticket_lifetime: Duration::from_secs(60),
             form_password: "qlik".to_string(),
+            session_timeout: None,
         }
     }
 }

@@ -92,7 +92,7 @@ pub(crate) async fn handle(
         Gate::Answer(r) => return r,
     };
     if ws {
-        return upgrade(shared, req, cancel, tracker);
+        return upgrade(shared, req, session.id, cancel, tracker);
     }
 
     let route_trim = route_trim.to_string();

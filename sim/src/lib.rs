@@ -38,7 +38,9 @@
 //!   `proxyRestUri`; [`Auth::Header`] trusts a header's user id; [`Auth::Anonymous`] gives
 //!   anonymous sessions unless `forceAuthentication=yes`;
 //! - `GET [/<prefix>]/_sim/whoami` reports the node and the session's user; every session
-//!   belongs to a [`SimUser`] ([`SimNode::sessions`], [`SimCluster::sessions_of`]).
+//!   belongs to a [`SimUser`] ([`SimNode::sessions`], [`SimCluster::sessions_of`]) and, with
+//!   [`SimOptions::session_timeout`], ends after that much inactivity (requests and
+//!   WebSocket messages are activity).
 //!
 //! [`browser::Browser`] plays a user through all of it; [`ntlm`], [`kerberos`] and [`saml`]
 //! make and read the messages for tests that drive each leg by hand; [`SimIdp`] is the SAML

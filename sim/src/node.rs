@@ -103,6 +103,7 @@ impl SimNode {
             cookie_name: opts.cookie_name.clone(),
             telemetry: Mutex::new(EngineTelemetry::default()),
             sessions: Mutex::new(HashMap::new()),
+            session_timeout: opts.session_timeout,
             signin: SignIn::new(opts),
             hang: AtomicBool::new(false),
             stats: Counters::default(),
@@ -218,30 +219,20 @@ impl SimNode {
 
     /// Number of sessions this node currently remembers.
     pub fn session_count(&self) -> usize {
-        self.shared.sessions.lock().unwrap().len()
+        self.shared.live_sessions().len()
     }
 
     /// The sessions this node remembers, sorted by user then id.
     pub fn sessions(&self) -> Vec<SimSession> {
-        let mut v: Vec<SimSession> = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, user)| SimSession {
-                id: id.clone(),
-                user: user.clone(),
-            })
-            .collect();
+        let mut v = self.shared.live_sessions();
         v.sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
         v
     }
 
     /// Number of sessions of `user` on this node.
     pub fn sessions_of(&self, user: &SimUser) -> usize {
-        let s = self.shared.sessions.lock().unwrap();
-        s.values().filter(|u| *u == user).count()
+        let s = self.shared.live_sessions();
+        s.iter().filter(|s| s.user == *user).count()
     }
 
     /// The port that redirects to Windows authentication name: what a QPS is configured with

@@ -101,12 +101,10 @@ pub(crate) async fn handle_rest(shared: &NodeShared, req: Request<Incoming>) -> 
         (Method::GET, ["user", dir, id]) => {
             let user = SimUser::new(dir, id);
             let sessions: Vec<Value> = shared
-                .sessions
-                .lock()
-                .unwrap()
+                .live_sessions()
                 .iter()
-                .filter(|(_, u)| **u == user)
-                .map(|(sid, u)| session_json(sid, u, &[]))
+                .filter(|s| s.user == user)
+                .map(|s| session_json(&s.id, &s.user, &[]))
                 .collect();
             json_resp(StatusCode::OK, &Value::Array(sessions))
         }

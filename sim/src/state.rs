@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::HeaderMap;
@@ -139,11 +140,20 @@ pub(crate) struct NodeShared {
     pub(crate) name_value: HeaderValue,
     pub(crate) cookie_name: String,
     pub(crate) telemetry: Mutex<EngineTelemetry>,
-    /// Session id (a lower-case GUID when it is one) to its user.
-    pub(crate) sessions: Mutex<HashMap<String, SimUser>>,
+    /// Session id (a lower-case GUID when it is one) to its user and last use.
+    pub(crate) sessions: Mutex<HashMap<String, Entry>>,
+    /// Inactivity after which a session is gone (`None`: never).
+    pub(crate) session_timeout: Option<Duration>,
     pub(crate) signin: SignIn,
     pub(crate) hang: AtomicBool,
     pub(crate) stats: Counters,
+}
+
+/// A session in a node's memory.
+pub(crate) struct Entry {
+    pub(crate) user: SimUser,
+    /// When it was last used, on the sign-in clock.
+    last_seen: Duration,
 }
 
 /// The key a session id is stored under: GUIDs in their lower-case hyphenated form.
@@ -165,7 +175,11 @@ impl NodeShared {
 
     /// Creates (or replaces) the session `id` for `user`.
     pub(crate) fn add_session(&self, id: &str, user: SimUser) {
-        self.sessions.lock().unwrap().insert(session_key(id), user);
+        let last_seen = self.signin.clock.now();
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(session_key(id), Entry { user, last_seen });
         inc(&self.stats.sessions_issued);
     }
 
@@ -178,9 +192,48 @@ impl NodeShared {
             .is_some()
     }
 
-    /// The user of session `id`.
+    fn expired(&self, e: &Entry, now: Duration) -> bool {
+        self.session_timeout
+            .is_some_and(|t| now.saturating_sub(e.last_seen) >= t)
+    }
+
+    /// The user of live session `id`.
     pub(crate) fn session(&self, id: &str) -> Option<SimUser> {
-        self.sessions.lock().unwrap().get(&session_key(id)).cloned()
+        let now = self.signin.clock.now();
+        let s = self.sessions.lock().unwrap();
+        let e = s.get(&session_key(id))?;
+        (!self.expired(e, now)).then(|| e.user.clone())
+    }
+
+    /// Marks session `id` as used now (a request or WebSocket traffic); whether it is live.
+    pub(crate) fn touch(&self, id: &str) -> bool {
+        let now = self.signin.clock.now();
+        let mut s = self.sessions.lock().unwrap();
+        let key = session_key(id);
+        match s.get_mut(&key) {
+            Some(e) if !self.expired(e, now) => {
+                e.last_seen = now;
+                true
+            }
+            Some(_) => {
+                s.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets sessions past their inactivity timeout; returns the live ones.
+    pub(crate) fn live_sessions(&self) -> Vec<SimSession> {
+        let now = self.signin.clock.now();
+        let mut s = self.sessions.lock().unwrap();
+        s.retain(|_, e| !self.expired(e, now));
+        s.iter()
+            .map(|(id, e)| SimSession {
+                id: id.clone(),
+                user: e.user.clone(),
+            })
+            .collect()
     }
 
     /// `Set-Cookie` for session `id`.
@@ -201,15 +254,22 @@ impl NodeShared {
         if values.is_empty() {
             return Lookup::Missing;
         }
-        let sessions = self.sessions.lock().unwrap();
+        let now = self.signin.clock.now();
+        let mut sessions = self.sessions.lock().unwrap();
         for v in values {
             let key = session_key(v);
-            if let Some(user) = sessions.get(&key) {
-                return Lookup::Known(SimSession {
-                    id: key,
-                    user: user.clone(),
-                });
+            let Some(e) = sessions.get_mut(&key) else {
+                continue;
+            };
+            if self.expired(e, now) {
+                sessions.remove(&key);
+                continue;
             }
+            e.last_seen = now;
+            return Lookup::Known(SimSession {
+                id: key,
+                user: e.user.clone(),
+            });
         }
         Lookup::Foreign
     }

@@ -29,9 +29,12 @@ pub(crate) fn is_ws_upgrade(req: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// Upgrades `req` for session `session`; with a session timeout, every message the socket
+/// carries keeps the session alive.
 pub(crate) fn upgrade(
     shared: &Arc<NodeShared>,
     req: Request<Incoming>,
+    session: String,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> Response<SimBody> {
@@ -69,7 +72,11 @@ pub(crate) fn upgrade(
                 .await;
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = echo(ws) => {}
+            _ = echo(ws, || {
+                if shared2.session_timeout.is_some() {
+                    shared2.touch(&session);
+                }
+            }) => {}
         }
     });
 
@@ -96,12 +103,13 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-async fn echo<S>(mut ws: WebSocketStream<S>)
+async fn echo<S>(mut ws: WebSocketStream<S>, activity: impl Fn())
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     while let Some(msg) = ws.next().await {
         let Ok(msg) = msg else { break };
+        activity();
         match msg {
             Message::Text(_) | Message::Binary(_) => {
                 if ws.send(msg).await.is_err() {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use lb_sim::browser::{split_url, Browser, Conn, Identity, MAC_UA};
 use lb_sim::saml::AutoPost;
@@ -353,4 +355,46 @@ async fn behind_tls_the_urls_are_https_and_the_session_cookie_secure() {
     assert_eq!(r.status, 200);
     let cookie = r.header("set-cookie").unwrap();
     assert!(cookie.ends_with("; Path=/; HttpOnly; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn sessions_time_out_unless_websocket_traffic_keeps_them_alive() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let opts = SimOptions {
+        session_timeout: Some(Duration::from_secs(30 * 60)),
+        ..SimOptions::with_auth(Auth::Windows)
+    };
+    let sim = SimCluster::start(1, 0, opts).await.unwrap();
+    let node = sim.node(0);
+    let rest = node.rest_addr().unwrap();
+    let session = |sid: &'static str| async move {
+        let body = json!({"UserDirectory": "CORP", "UserId": sid, "SessionId": sid});
+        assert_eq!(post_json(rest, "/qps/session", &body).await.0, 201);
+    };
+    session("idle-user").await;
+    session("ws-user").await;
+
+    let mut req = format!("ws://{}/app/engineData", node.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("cookie", "X-Qlik-Session=ws-user".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+
+    // Twenty minutes apart, the socket's traffic keeps its session; the idle one expires.
+    for _ in 0..3 {
+        sim.advance_clock(Duration::from_secs(20 * 60));
+        ws.send(Message::text("ping")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    }
+    assert_eq!(whoami(node.addr(), "ws-user").await.status, 200);
+    assert_eq!(whoami(node.addr(), "idle-user").await.status, 302);
+    assert_eq!(node.session_count(), 1);
+    sim.advance_clock(Duration::from_secs(30 * 60));
+    assert_eq!(whoami(node.addr(), "ws-user").await.status, 302);
+    assert_eq!(node.session_count(), 0);
 }
