@@ -2,7 +2,6 @@
 //! rules, the test endpoints and the app WebSocket.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +13,22 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::gate::{gate, Gate};
+use crate::auth::{form, saml};
 use crate::body::{hex, json_resp, text, PatternBody, SimBody};
-use crate::state::NodeShared;
+use crate::state::{NodeShared, SimSession};
 use crate::ws::{is_ws_upgrade, upgrade};
 
 /// Splits `/<prefix>/rest` into the route relevant part: returns the path itself when it starts
 /// with one of the known roots, or the path without its first segment when that does.
 fn route_of(path: &str) -> &str {
-    const ROOTS: [&str; 3] = ["/_sim/", "/engine/", "/app/"];
+    const ROOTS: [&str; 5] = [
+        "/_sim/",
+        "/engine/",
+        "/app/",
+        "/samlauthn/",
+        "/internal_forms_authentication/",
+    ];
     let is_root = |p: &str| ROOTS.iter().any(|r| p.starts_with(r)) || p == "/engine/healthcheck";
     if is_root(path) {
         return path;
@@ -35,58 +42,6 @@ fn route_of(path: &str) -> &str {
         }
     }
     path
-}
-
-/// Values of every cookie named `name` in all `Cookie` headers.
-pub fn cookie_values<'a>(headers: &'a http::HeaderMap, name: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for h in headers.get_all(header::COOKIE) {
-        let Ok(s) = h.to_str() else { continue };
-        for pair in s.split(';') {
-            let pair = pair.trim();
-            if let Some((k, v)) = pair.split_once('=') {
-                if k.trim() == name {
-                    out.push(v.trim().trim_matches('"'));
-                }
-            }
-        }
-    }
-    out
-}
-
-enum SessionCheck {
-    Valid,
-    Issued(HeaderValue),
-    Foreign,
-}
-
-fn check_session(shared: &NodeShared, headers: &http::HeaderMap) -> SessionCheck {
-    let values = cookie_values(headers, &shared.cookie_name);
-    if values.is_empty() {
-        let id = uuid::Uuid::new_v4();
-        shared.sessions.lock().unwrap().insert(id.as_u128());
-        shared.sessions_issued.fetch_add(1, Ordering::Relaxed);
-        let cookie = format!(
-            "{}={}; Path=/; HttpOnly",
-            shared.cookie_name,
-            id.hyphenated()
-        );
-        return match HeaderValue::from_str(&cookie) {
-            Ok(v) => SessionCheck::Issued(v),
-            Err(_) => SessionCheck::Foreign,
-        };
-    }
-    let sessions = shared.sessions.lock().unwrap();
-    let known = values.iter().any(|v| {
-        uuid::Uuid::parse_str(v)
-            .map(|u| sessions.contains(&u.as_u128()))
-            .unwrap_or(false)
-    });
-    if known {
-        SessionCheck::Valid
-    } else {
-        SessionCheck::Foreign
-    }
 }
 
 fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
@@ -120,27 +75,28 @@ pub(crate) async fn handle(
         return telemetry_endpoint(shared, req).await;
     }
 
-    let session = check_session(shared, req.headers());
-    let set_cookie = match session {
-        SessionCheck::Foreign => {
-            shared.foreign.fetch_add(1, Ordering::Relaxed);
-            return text(StatusCode::UNAUTHORIZED, "unknown session\n");
-        }
-        SessionCheck::Issued(v) => Some(v),
-        SessionCheck::Valid => None,
-    };
+    // The sign-in's own pages on the user port.
+    if route.starts_with("/samlauthn/") || route == "/samlauthn" {
+        return saml::handle_acs(shared, req).await;
+    }
+    if route.starts_with("/internal_forms_authentication/") {
+        return form::handle_form(shared, req).await;
+    }
 
-    if route.starts_with("/app/") && is_ws_upgrade(&req) {
-        if set_cookie.is_some() {
-            // No session of this node: refuse the upgrade like a QPS does.
-            shared.foreign.fetch_add(1, Ordering::Relaxed);
-            return text(StatusCode::UNAUTHORIZED, "no session\n");
-        }
-        return upgrade(shared, req, cancel, tracker);
+    let ws = route.starts_with("/app/") && is_ws_upgrade(&req);
+    let (session, set_cookie) = match gate(shared, &req, ws) {
+        Gate::Pass {
+            session,
+            set_cookie,
+        } => (session, set_cookie),
+        Gate::Answer(r) => return r,
+    };
+    if ws {
+        return upgrade(shared, req, session.id, cancel, tracker);
     }
 
     let route_trim = route_trim.to_string();
-    let mut resp = serve(shared, req, peer, &route_trim).await;
+    let mut resp = serve(shared, req, peer, &route_trim, &session).await;
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -182,8 +138,19 @@ pub(crate) async fn serve(
     req: Request<Incoming>,
     peer: SocketAddr,
     route: &str,
+    session: &SimSession,
 ) -> Response<SimBody> {
     match (req.method(), route) {
+        (_, "/_sim/whoami") => json_resp(
+            StatusCode::OK,
+            &serde_json::json!({
+                "node": shared.name,
+                "user": session.user.to_string(),
+                "userDirectory": session.user.directory,
+                "userId": session.user.id,
+                "session": session.id,
+            }),
+        ),
         (_, "/_sim/headers") => headers_echo(&req, peer),
         (&Method::POST | &Method::PUT, "/_sim/upload") => upload(req).await,
         (&Method::GET, "/_sim/download") => {

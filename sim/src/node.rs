@@ -1,10 +1,12 @@
-//! One simulated node: its state, its lifecycle (bind, stop, restart) and its accept loop.
+//! One simulated node: its listeners (user port, and with sign-in the authentication and REST
+//! API ports), its lifecycle (bind, stop, restart) and the accept loop they share.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,41 +15,54 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::windows::{handle_auth, ConnAuth};
+use crate::auth::{SignIn, SimUser};
 use crate::handle::handle;
-use crate::state::NodeShared;
-use crate::{EngineTelemetry, NODE_HEADER};
+use crate::rest::handle_rest;
+use crate::state::{Counters, NodeShared, SimSession, SimStats};
+use crate::{EngineTelemetry, SimOptions, NODE_HEADER};
 
 static X_SIM_NODE: HeaderName = HeaderName::from_static(NODE_HEADER);
 
-/// Counters of one node since it was created (they survive `stop`/`restart`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimStats {
-    /// Requests answered (any status, health checks included, upgrades included).
-    pub requests: u64,
-    /// Session cookies issued.
-    pub sessions_issued: u64,
-    /// Requests and upgrades refused with 401 for carrying a session of another node.
-    pub foreign_rejections: u64,
-    /// WebSockets accepted (101 sent).
-    pub ws_accepted: u64,
-    /// WebSockets open now.
-    pub ws_open: u64,
+/// Which of a node's listeners a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    User,
+    Auth,
+    Rest,
 }
 
-struct Running {
-    cancel: CancellationToken,
-    tracker: TaskTracker,
+pub(crate) struct Running {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Running {
+    pub(crate) fn new() -> Running {
+        Running {
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Cancels everything and waits for the tasks to end.
+    pub(crate) async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 /// One simulated Qlik Sense node.
 pub struct SimNode {
     shared: Arc<NodeShared>,
     addr: SocketAddr,
+    auth_addr: Option<SocketAddr>,
+    rest_addr: Option<SocketAddr>,
     running: Mutex<Option<Running>>,
 }
 
@@ -56,33 +71,77 @@ impl std::fmt::Debug for SimNode {
         f.debug_struct("SimNode")
             .field("name", &self.shared.name)
             .field("addr", &self.addr)
+            .field("auth_addr", &self.auth_addr)
+            .field("rest_addr", &self.rest_addr)
             .finish()
     }
 }
 
 impl SimNode {
-    /// Binds `addr` and starts serving.
+    /// Binds `addr` and starts serving, without sign-in ([`crate::Auth::FirstRequest`]).
     pub async fn bind(name: &str, addr: SocketAddr, cookie_name: &str) -> io::Result<SimNode> {
-        let listener = bind_reuse(addr)?;
-        let addr = listener.local_addr()?;
+        let opts = SimOptions {
+            cookie_name: cookie_name.to_string(),
+            ..SimOptions::default()
+        };
+        SimNode::start(name, addr, None, None, &opts).await
+    }
+
+    /// Binds the user port `addr` and, when given, the authentication port `auth` and the
+    /// REST API port `rest`, and starts serving with `opts` (its `auth` decides the sign-in).
+    pub async fn start(
+        name: &str,
+        addr: SocketAddr,
+        auth: Option<SocketAddr>,
+        rest: Option<SocketAddr>,
+        opts: &SimOptions,
+    ) -> io::Result<SimNode> {
         let shared = Arc::new(NodeShared {
             name: name.to_string(),
             name_value: HeaderValue::from_str(name)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-            cookie_name: cookie_name.to_string(),
+            cookie_name: opts.cookie_name.clone(),
             telemetry: Mutex::new(EngineTelemetry::default()),
-            sessions: Mutex::new(HashSet::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_timeout: opts.session_timeout,
+            signin: SignIn::new(opts),
             hang: AtomicBool::new(false),
-            requests: AtomicU64::new(0),
-            sessions_issued: AtomicU64::new(0),
-            foreign: AtomicU64::new(0),
-            ws_accepted: AtomicU64::new(0),
-            ws_open: AtomicU64::new(0),
+            stats: Counters::default(),
         });
-        let running = spawn_node(shared.clone(), listener);
+        let mut listeners = vec![(Port::User, bind_reuse(addr)?)];
+        if let Some(a) = auth {
+            listeners.push((Port::Auth, bind_reuse(a)?));
+        }
+        if let Some(a) = rest {
+            listeners.push((Port::Rest, bind_reuse(a)?));
+        }
+        let bound = |p: Port| -> io::Result<Option<SocketAddr>> {
+            listeners
+                .iter()
+                .find(|(k, _)| *k == p)
+                .map(|(_, l)| l.local_addr())
+                .transpose()
+        };
+        let addr = bound(Port::User)?.unwrap_or(addr);
+        let (auth_addr, rest_addr) = (bound(Port::Auth)?, bound(Port::Rest)?);
+        if let Some(a) = auth_addr {
+            shared
+                .signin
+                .own_auth_port
+                .store(a.port(), Ordering::Relaxed);
+        }
+        if let Some(a) = rest_addr {
+            shared
+                .signin
+                .own_rest_port
+                .store(a.port(), Ordering::Relaxed);
+        }
+        let running = spawn_node(&shared, listeners);
         Ok(SimNode {
             shared,
             addr,
+            auth_addr,
+            rest_addr,
             running: Mutex::new(Some(running)),
         })
     }
@@ -92,9 +151,19 @@ impl SimNode {
         &self.shared.name
     }
 
-    /// The address the node listens on.
+    /// The address of the user port (the QPS's 443).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the authentication port (the QPS's 4244), when it has one.
+    pub fn auth_addr(&self) -> Option<SocketAddr> {
+        self.auth_addr
+    }
+
+    /// The address of the REST API port (the QPS's 4243), when it has one.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest_addr
     }
 
     /// Whether the node is listening (not stopped).
@@ -102,23 +171,28 @@ impl SimNode {
         self.running.lock().unwrap().is_some()
     }
 
-    /// Kills the node: closes the listener and every open connection and WebSocket.
+    /// Kills the node: closes its listeners and every open connection and WebSocket.
     pub async fn stop(&self) {
         let running = self.running.lock().unwrap().take();
         if let Some(r) = running {
-            r.cancel.cancel();
-            r.tracker.close();
-            r.tracker.wait().await;
+            r.stop().await;
         }
     }
 
-    /// Listens again on the same port with a fresh session memory (a restarted QPS).
-    /// A running node is stopped first.
+    /// Listens again on the same ports with a fresh memory of sessions, targets and tickets
+    /// (a restarted QPS). A running node is stopped first.
     pub async fn restart(&self) -> io::Result<()> {
         self.stop().await;
         self.shared.sessions.lock().unwrap().clear();
-        let listener = bind_reuse(self.addr)?;
-        let running = spawn_node(self.shared.clone(), listener);
+        self.shared.signin.clear();
+        let mut listeners = vec![(Port::User, bind_reuse(self.addr)?)];
+        if let Some(a) = self.auth_addr {
+            listeners.push((Port::Auth, bind_reuse(a)?));
+        }
+        if let Some(a) = self.rest_addr {
+            listeners.push((Port::Rest, bind_reuse(a)?));
+        }
+        let running = spawn_node(&self.shared, listeners);
         *self.running.lock().unwrap() = Some(running);
         Ok(())
     }
@@ -135,14 +209,7 @@ impl SimNode {
 
     /// The node's counters.
     pub fn stats(&self) -> SimStats {
-        let s = &self.shared;
-        SimStats {
-            requests: s.requests.load(Ordering::Relaxed),
-            sessions_issued: s.sessions_issued.load(Ordering::Relaxed),
-            foreign_rejections: s.foreign.load(Ordering::Relaxed),
-            ws_accepted: s.ws_accepted.load(Ordering::Relaxed),
-            ws_open: s.ws_open.load(Ordering::Relaxed),
-        }
+        self.shared.stats.snapshot()
     }
 
     /// When on, the node accepts connections and reads requests but never answers.
@@ -152,7 +219,44 @@ impl SimNode {
 
     /// Number of sessions this node currently remembers.
     pub fn session_count(&self) -> usize {
-        self.shared.sessions.lock().unwrap().len()
+        self.shared.live_sessions().len()
+    }
+
+    /// The sessions this node remembers, sorted by user then id.
+    pub fn sessions(&self) -> Vec<SimSession> {
+        let mut v = self.shared.live_sessions();
+        v.sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+        v
+    }
+
+    /// Number of sessions of `user` on this node.
+    pub fn sessions_of(&self, user: &SimUser) -> usize {
+        let s = self.shared.live_sessions();
+        s.iter().filter(|s| s.user == *user).count()
+    }
+
+    /// The port that redirects to Windows authentication name: what a QPS is configured with
+    /// (its own authentication port by default; a balancer's authentication listener when one
+    /// is in front). 0 restores the node's own.
+    pub fn set_advertised_auth_port(&self, port: u16) {
+        self.shared
+            .signin
+            .advertised_auth_port
+            .store(port, Ordering::Relaxed);
+    }
+
+    /// The REST API port an external module is told in `proxyRestUri`; 0 restores the node's
+    /// own.
+    pub fn set_advertised_rest_port(&self, port: u16) {
+        self.shared
+            .signin
+            .advertised_rest_port
+            .store(port, Ordering::Relaxed);
+    }
+
+    /// Moves the node's sign-in clock forward (tickets expire by it).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.signin.clock.advance(by);
     }
 }
 
@@ -166,7 +270,8 @@ impl Drop for SimNode {
     }
 }
 
-fn bind_reuse(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds `addr` with `SO_REUSEADDR` (a restarted node gets its port back at once).
+pub(crate) fn bind_reuse(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -177,11 +282,14 @@ fn bind_reuse(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-fn spawn_node(shared: Arc<NodeShared>, listener: TcpListener) -> Running {
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (c, t) = (cancel.clone(), tracker.clone());
-    tracker.spawn(async move {
+/// Accepts connections on `listener` until `running` is cancelled, handing each to `serve`.
+pub(crate) fn accept_loop<F, Fut>(running: &Running, listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (c, t) = (running.cancel.clone(), running.tracker.clone());
+    running.tracker.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = c.cancelled() => break,
@@ -190,13 +298,14 @@ fn spawn_node(shared: Arc<NodeShared>, listener: TcpListener) -> Running {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    t.spawn(serve_conn(
-                        shared.clone(),
-                        stream,
-                        peer,
-                        c.clone(),
-                        t.clone(),
-                    ));
+                    let conn = serve(stream, peer);
+                    let c = c.clone();
+                    t.spawn(async move {
+                        tokio::select! {
+                            _ = c.cancelled() => {}
+                            _ = conn => {}
+                        }
+                    });
                 }
                 Err(_) => {
                     // Out of file descriptors or similar: back off briefly.
@@ -205,37 +314,53 @@ fn spawn_node(shared: Arc<NodeShared>, listener: TcpListener) -> Running {
             }
         }
     });
-    Running { cancel, tracker }
+}
+
+fn spawn_node(shared: &Arc<NodeShared>, listeners: Vec<(Port, TcpListener)>) -> Running {
+    let running = Running::new();
+    for (port, listener) in listeners {
+        let shared = shared.clone();
+        let (c, t) = (running.cancel.clone(), running.tracker.clone());
+        accept_loop(&running, listener, move |stream, peer| {
+            serve_conn(shared.clone(), port, stream, peer, c.clone(), t.clone())
+        });
+    }
+    running
 }
 
 async fn serve_conn(
     shared: Arc<NodeShared>,
+    port: Port,
     stream: TcpStream,
     peer: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let (c2, t2) = (cancel.clone(), tracker.clone());
+    // What the authentication port knows about this connection (HTTP.sys keeps it per TCP
+    // connection).
+    let conn_auth = Arc::new(Mutex::new(ConnAuth::default()));
     let svc = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
-        let (c, t) = (c2.clone(), t2.clone());
+        let (c, t) = (cancel.clone(), tracker.clone());
+        let conn_auth = conn_auth.clone();
         async move {
             if shared.hang.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
-            shared.requests.fetch_add(1, Ordering::Relaxed);
-            let mut resp = handle(&shared, req, peer, c, t).await;
+            crate::state::inc(&shared.stats.requests);
+            let mut resp = match port {
+                Port::User => handle(&shared, req, peer, c, t).await,
+                Port::Auth => handle_auth(&shared, &req, &conn_auth),
+                Port::Rest => handle_rest(&shared, req).await,
+            };
             resp.headers_mut()
                 .insert(X_SIM_NODE.clone(), shared.name_value.clone());
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = conn => {}
-    }
+        .with_upgrades()
+        .await;
 }

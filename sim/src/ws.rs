@@ -29,9 +29,12 @@ pub(crate) fn is_ws_upgrade(req: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// Upgrades `req` for session `session`; with a session timeout, every message the socket
+/// carries keeps the session alive.
 pub(crate) fn upgrade(
     shared: &Arc<NodeShared>,
     req: Request<Incoming>,
+    session: String,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> Response<SimBody> {
@@ -56,8 +59,8 @@ pub(crate) fn upgrade(
             _ = cancel.cancelled() => return,
             u = on_upgrade => match u { Ok(u) => u, Err(_) => return },
         };
-        shared2.ws_open.fetch_add(1, Ordering::Relaxed);
-        let _guard = OpenGuard(&shared2.ws_open);
+        shared2.stats.ws_open.fetch_add(1, Ordering::Relaxed);
+        let _guard = OpenGuard(&shared2.stats.ws_open);
         // A small read buffer keeps thousands of idle sockets cheap; messages still grow to
         // MAX_WS_MESSAGE.
         let config = WebSocketConfig::default()
@@ -69,11 +72,15 @@ pub(crate) fn upgrade(
                 .await;
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = echo(ws) => {}
+            _ = echo(ws, || {
+                if shared2.session_timeout.is_some() {
+                    shared2.touch(&session);
+                }
+            }) => {}
         }
     });
 
-    shared.ws_accepted.fetch_add(1, Ordering::Relaxed);
+    shared.stats.ws_accepted.fetch_add(1, Ordering::Relaxed);
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -96,12 +103,13 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-async fn echo<S>(mut ws: WebSocketStream<S>)
+async fn echo<S>(mut ws: WebSocketStream<S>, activity: impl Fn())
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     while let Some(msg) = ws.next().await {
         let Ok(msg) = msg else { break };
+        activity();
         match msg {
             Message::Text(_) | Message::Binary(_) => {
                 if ws.send(msg).await.is_err() {

@@ -41,6 +41,15 @@ enum Cmd {
         /// Runtime worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Sign-in: first-request (a session on the first request), windows (NTLM/Kerberos on
+        /// an authentication port at base port + 40, REST API at + 60), anonymous,
+        /// saml=<identity provider SSO URL>, external=<module URL> or header=<header name>.
+        #[arg(long, default_value = "first-request")]
+        auth: lb_sim::Auth,
+        /// Authentication port the sign-in redirects name (default: each node's own; a
+        /// balancer's authentication listener when one is in front).
+        #[arg(long)]
+        advertised_auth_port: Option<u16>,
     },
     /// The product demo: 3 simulated nodes, the balancer as a child process, the qlik scenario.
     Demo {
@@ -216,11 +225,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             cookie_name,
             name_prefix,
             threads,
+            auth,
+            advertised_auth_port,
         } => {
             scenario::raise_nofile();
             let opts = SimOptions {
                 cookie_name,
                 name_prefix,
+                auth,
+                advertised_auth_port,
+                ..SimOptions::default()
             };
             runtime(threads)?.block_on(run_sim(nodes, base_port, opts))?;
             return Ok(ExitCode::SUCCESS);
@@ -352,7 +366,11 @@ async fn run_sim(nodes: usize, base_port: u16, opts: SimOptions) -> anyhow::Resu
         .await
         .context("starting the simulated nodes")?;
     for n in cluster.nodes() {
-        println!("{} listening on http://{}", n.name(), n.addr());
+        print!("{} listening on http://{}", n.name(), n.addr());
+        if let (Some(a), Some(r)) = (n.auth_addr(), n.rest_addr()) {
+            print!(", authentication http://{a}, REST API http://{r}");
+        }
+        println!();
     }
     println!("session cookie {}; Ctrl-C to stop", opts.cookie_name);
     tokio::signal::ctrl_c().await?;
