@@ -64,6 +64,8 @@ pub struct SimConfig {
     pub end_hour: f64,
     /// Load levels, as fractions of cluster capacity (1.0 = 100%).
     pub levels: Vec<f64>,
+    /// The ranking policy of the "rank, no ledger" and "ours" policies.
+    pub ranking: RankPolicy,
 }
 
 impl Default for SimConfig {
@@ -83,6 +85,7 @@ impl Default for SimConfig {
             start_hour: 7.0,
             end_hour: 19.0,
             levels: vec![0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2],
+            ranking: RankPolicy::default(),
         }
     }
 }
@@ -526,13 +529,13 @@ struct Chooser {
 }
 
 impl Chooser {
-    fn new(policy: Policy, seed: u64, engines: usize) -> Self {
+    fn new(policy: Policy, seed: u64, engines: usize, ranking: &RankPolicy) -> Self {
         Self {
             policy,
             rng: StdRng::seed_from_u64(seed ^ 0xC0FF_EE00),
             next: 0,
             ledger: PlacementLedger::with_seed(seed),
-            rank_policy: RankPolicy::default(),
+            rank_policy: ranking.clone(),
             keys: (0..engines).map(|i| format!("engine{}", i + 1)).collect(),
             t0: Instant::now(),
         }
@@ -594,7 +597,7 @@ fn simulate(
 ) -> RunResult {
     let n = cfg.engines.len().max(1);
     let mut engines: Vec<EngineSim> = cfg.engines.iter().cloned().map(EngineSim::new).collect();
-    let mut chooser = Chooser::new(policy, cfg.seed, n);
+    let mut chooser = Chooser::new(policy, cfg.seed, n, &cfg.ranking);
     let mut events: Vec<Event> = Vec::new();
     let mut queue: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let span = ((cfg.end_hour - cfg.start_hour).max(0.0) * 3600.0) as u64;
@@ -743,7 +746,7 @@ fn round1(v: f64) -> f64 {
 
 /// The burst of the issue: 60 new sessions of one new app, ranked on one set of samples from
 /// three fresh 64 GB engines (10% CPU / 60 GB free, 40% / 40 GB, 70% / 20 GB).
-pub fn burst(policy: Policy, seed: u64) -> BurstResult {
+pub fn burst(policy: Policy, seed: u64, ranking: &RankPolicy) -> BurstResult {
     let engine = |cpu: f64, free_gb: f64| EngineSim {
         sample: Some((
             Arc::new(EngineSample {
@@ -761,7 +764,7 @@ pub fn burst(policy: Policy, seed: u64) -> BurstResult {
         })
     };
     let engines = [engine(10.0, 60.0), engine(40.0, 40.0), engine(70.0, 20.0)];
-    let mut chooser = Chooser::new(policy, seed, engines.len());
+    let mut chooser = Chooser::new(policy, seed, engines.len(), ranking);
     let mut per_engine = [0u32; 3];
     for _ in 0..60 {
         let i = chooser.choose(&engines, "0b2a3c4d-1111-2222-3333-444455556666", 0);
@@ -783,7 +786,10 @@ pub fn report(cfg: &SimConfig) -> PlacementReport {
             runs.push(simulate(cfg, level, policy, &apps, &initial, &arrivals));
         }
     }
-    let burst = Policy::ALL.iter().map(|&p| burst(p, cfg.seed)).collect();
+    let burst = Policy::ALL
+        .iter()
+        .map(|&p| burst(p, cfg.seed, &cfg.ranking))
+        .collect();
     let (targets_met, target_notes) = targets(&runs);
     PlacementReport {
         config: cfg.clone(),

@@ -136,6 +136,10 @@ pub struct RankPolicy {
     /// Engines whose load score (0 to 1) lies within this much of the best one share the first
     /// place at random, each in proportion to its headroom. 0 always puts the best score first.
     pub placement_spread: f64,
+    /// An engine holding the app is preferred for it only while its headroom after the new
+    /// session (the smaller of its CPU and RAM room up to the saturation thresholds, as a
+    /// fraction of that room when idle) is at least this. Used with recent placements only.
+    pub affinity_min_headroom: f64,
     /// Learn the session and app RAM estimates from telemetry (RAM and session deltas between
     /// samples) instead of using the configured ones, once a few deltas were seen.
     pub placement_learn: bool,
@@ -159,6 +163,7 @@ impl Default for RankPolicy {
             placement_ttl_secs: 60.0,
             placement_cpu_window_secs: 30.0,
             placement_spread: 0.6,
+            affinity_min_headroom: 0.25,
             placement_learn: false,
         }
     }
@@ -187,6 +192,7 @@ impl RankPolicy {
             ("placement_ttl_secs", self.placement_ttl_secs),
             ("placement_cpu_window_secs", self.placement_cpu_window_secs),
             ("placement_spread", self.placement_spread),
+            ("affinity_min_headroom", self.affinity_min_headroom),
         ];
         for (name, v) in fields {
             if !v.is_finite() || v < 0.0 {
@@ -197,6 +203,12 @@ impl RankPolicy {
             return Err(format!(
                 "saturation_ram_fraction must be at most 1 (got {})",
                 self.saturation_ram_fraction
+            ));
+        }
+        if self.affinity_min_headroom > 1.0 {
+            return Err(format!(
+                "affinity_min_headroom must be at most 1 (got {})",
+                self.affinity_min_headroom
             ));
         }
         if self.free_mb_reference == 0.0 {
@@ -574,6 +586,7 @@ fn rank_core(
                             && sample.mem_free - pending.ram() - cost.ram_for(true)
                                 >= policy.affinity_min_free_mb
                             && headroom > 0.0
+                            && headroom >= policy.affinity_min_headroom
                     } else {
                         sample_holds && sample.mem_free >= policy.affinity_min_free_mb
                     };

@@ -143,6 +143,10 @@ enum Cmd {
         /// Write the chart as SVG to this file.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Ranking policy keys (the `[ranking]` section of the lb config) as JSON, e.g.
+        /// `{"placement_spread": 0.3}`; unset keys keep their defaults.
+        #[arg(long)]
+        ranking_json: Option<String>,
     },
     /// Many idle WebSockets held for --duration-secs, then verified; balancer memory per tunnel.
     WsIdle {
@@ -250,6 +254,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
             json,
             svg,
+            ranking_json,
         } => {
             let base = if quick {
                 placement::SimConfig::quick()
@@ -263,8 +268,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     levels.iter().map(|&l| f64::from(l) / 100.0).collect()
                 },
+                ranking: match ranking_json {
+                    Some(text) => serde_json::from_str(&text).context("--ranking-json")?,
+                    None => base.ranking.clone(),
+                },
                 ..base
             };
+            if let Err(e) = cfg.ranking.validate() {
+                bail!("--ranking-json: {e}");
+            }
             let report = placement::report(&cfg);
             print!("{}", placement::markdown(&report));
             if let Some(path) = json {
