@@ -415,16 +415,16 @@ fn workload(
 
 #[derive(Debug, Clone, Copy)]
 enum Event {
-    SpikeEnd {
+    SpikeOver {
         engine: usize,
     },
-    SessionEnd {
+    Closed {
         engine: usize,
         app: usize,
         cores: f64,
         ram_mb: f64,
     },
-    LoadEnd {
+    Loaded {
         engine: usize,
     },
 }
@@ -449,6 +449,7 @@ struct EngineSim {
     peak_ram: f64,
     peak_sessions: u32,
     placed: u64,
+    next_sample: u64,
 }
 
 impl EngineSim {
@@ -467,6 +468,7 @@ impl EngineSim {
             peak_ram: IDLE_RAM,
             peak_sessions: 0,
             placed: 0,
+            next_sample: 0,
         }
     }
 
@@ -611,10 +613,7 @@ fn simulate(
     // loaded, samples taken.
     for (k, a) in initial.iter().enumerate() {
         let e = &mut engines[k % n];
-        let entry = e
-            .apps
-            .entry(a.app)
-            .or_insert_with(|| AppOnEngine::default());
+        let entry = e.apps.entry(a.app).or_default();
         if entry.sessions == 0 && entry.last_used == 0 {
             e.ram_used += apps[a.app].size_mb;
         }
@@ -623,7 +622,7 @@ fn simulate(
         e.sessions += 1;
         e.ram_used += a.ram_mb;
         e.demand_cores += a.cores;
-        events.push(Event::SessionEnd {
+        events.push(Event::Closed {
             engine: k % n,
             app: a.app,
             cores: a.cores,
@@ -631,7 +630,9 @@ fn simulate(
         });
         queue.push(Reverse((a.duration_s, events.len() - 1)));
     }
-    for e in engines.iter_mut() {
+    for (k, e) in engines.iter_mut().enumerate() {
+        // Engines are sampled in turn, not all in the same second.
+        e.next_sample = k as u64 % SAMPLE_EVERY;
         let cpu = cpu_percent(e);
         e.cpu_hist = [cpu; CPU_WINDOW];
         e.cpu30 = cpu;
@@ -647,9 +648,9 @@ fn simulate(
             }
             queue.pop();
             match events[idx] {
-                Event::SpikeEnd { engine } => engines[engine].demand_cores -= SPIKE_CORES,
-                Event::LoadEnd { engine } => engines[engine].demand_cores -= LOAD_CORES,
-                Event::SessionEnd {
+                Event::SpikeOver { engine } => engines[engine].demand_cores -= SPIKE_CORES,
+                Event::Loaded { engine } => engines[engine].demand_cores -= LOAD_CORES,
+                Event::Closed {
                     engine,
                     app,
                     cores,
@@ -681,7 +682,7 @@ fn simulate(
                 cold_load_seconds += apps[a.app].load_s as f64;
                 e.ram_used += apps[a.app].size_mb;
                 e.demand_cores += LOAD_CORES;
-                events.push(Event::LoadEnd { engine: i });
+                events.push(Event::Loaded { engine: i });
                 queue.push(Reverse((t + apps[a.app].load_s, events.len() - 1)));
             }
             let entry = e.apps.entry(a.app).or_default();
@@ -690,9 +691,9 @@ fn simulate(
             e.sessions += 1;
             e.ram_used += a.ram_mb;
             e.demand_cores += a.cores + SPIKE_CORES;
-            events.push(Event::SpikeEnd { engine: i });
+            events.push(Event::SpikeOver { engine: i });
             queue.push(Reverse((t + SPIKE_S, events.len() - 1)));
-            events.push(Event::SessionEnd {
+            events.push(Event::Closed {
                 engine: i,
                 app: a.app,
                 cores: a.cores,
@@ -700,7 +701,7 @@ fn simulate(
             });
             queue.push(Reverse((t + a.duration_s, events.len() - 1)));
         }
-        for (k, e) in engines.iter_mut().enumerate() {
+        for e in engines.iter_mut() {
             e.evict(apps);
             let cpu = cpu_percent(e);
             e.cpu_hist[cpu_slot] = cpu;
@@ -711,8 +712,9 @@ fn simulate(
             if e.saturated() {
                 saturated_seconds += 1;
             }
-            if (t + k as u64) % SAMPLE_EVERY == 0 {
+            if t >= e.next_sample {
                 e.take_sample(apps);
+                e.next_sample = t + SAMPLE_EVERY;
             }
         }
         cpu_slot = (cpu_slot + 1) % CPU_WINDOW;

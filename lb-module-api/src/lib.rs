@@ -45,8 +45,8 @@ pub mod uri;
 
 pub use placement::PlacementLedger;
 pub use rank::{
-    app_key, rank, rank_placed, EngineState, EngineView, Pending, Placement, PlacementCost,
-    RankPolicy,
+    app_key, draw_from_seed, rank, rank_placed, EngineState, EngineView, Pending, Placement,
+    PlacementCost, RankPolicy,
 };
 pub use router::{
     parse_qlik_user, prioritize, prioritize_path, prioritize_placed, router, router_with_ledger,

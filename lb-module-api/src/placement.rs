@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::rank::{
-    app_key, rank_placed, EngineState, EngineView, Pending, Placement, PlacementCost, RankPolicy,
+    app_key, mix64, rank_placed, unit_from_bits, EngineState, EngineView, Pending, Placement,
+    PlacementCost, RankPolicy,
 };
 use crate::sample::EngineSample;
 
@@ -163,7 +164,10 @@ impl PlacementLedger {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let rotation =
             rotation.unwrap_or_else(|| self.rotation.fetch_add(1, Ordering::Relaxed) as usize);
-        let seed = self.seed ^ call.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        // A golden-ratio (Weyl) sequence from the seed: uniform, and evenly spread over any run
+        // of calls, so the shares of a burst stay close to the headroom proportions.
+        let draw =
+            unit_from_bits(mix64(self.seed).wrapping_add(call.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         let app = app.filter(|a| !a.is_empty());
         let mut inner = self.lock();
         let cost = inner.cost(policy);
@@ -179,7 +183,7 @@ impl PlacementLedger {
             pending: &pending,
             cost,
             rotation,
-            seed,
+            draw,
         };
         let order = rank_placed(views, app, policy, &placement);
         if let Some(&first) = order.first() {

@@ -388,7 +388,7 @@ impl PlacementCost {
 }
 
 /// The inputs of [`rank_placed`] besides the engines: what was placed recently, what a new
-/// session costs, and the tie-break and random sources.
+/// session costs, the tie-break rotation and the random draw.
 #[derive(Debug, Clone, Copy)]
 pub struct Placement<'a> {
     /// Pending load per engine, in the order of the engines; missing entries count as none.
@@ -397,8 +397,12 @@ pub struct Placement<'a> {
     pub cost: PlacementCost,
     /// Tie-break rotation, as for [`rank`].
     pub rotation: usize,
-    /// Seed of the random first pick; the same inputs and seed give the same order.
-    pub seed: u64,
+    /// The random draw of the first place, in `[0, 1)`: the engine whose share of the
+    /// candidates' total headroom covers it wins. The same inputs and draw give the same
+    /// order. Any uniform source works ([`draw_from_seed`] hashes a seed);
+    /// [`PlacementLedger`](crate::PlacementLedger) uses a golden-ratio sequence from its seed,
+    /// so a burst's shares stay close to the headroom proportions.
+    pub draw: f64,
 }
 
 /// The key under which an app is remembered in [`Pending::apps`]: the lowercased GUID when
@@ -427,7 +431,7 @@ pub fn rank(
         pending: &[],
         cost: PlacementCost::from_policy(policy),
         rotation,
-        seed: 0,
+        draw: 0.0,
     };
     rank_core(engines, app, policy, &placement, false)
 }
@@ -445,7 +449,7 @@ pub fn rank(
 ///   estimated RAM and CPU added, and keeps `affinity_min_free_mb` free); an app placed on an
 ///   engine recently costs no app RAM there again, but gives no preference until a sample
 ///   shows it (so a burst on a new app spreads instead of following its first session);
-/// * when `policy.placement_spread > 0`, the first place goes at random to one of the engines
+/// * when `policy.placement_spread > 0`, the first place goes by the draw to one of the engines
 ///   of the best class (same group and affinity) whose score is within `placement_spread` of
 ///   the best, each with probability proportional to its headroom after the session:
 ///   `min(cpu room, RAM room)` as fractions of the room up to the saturation thresholds. The
@@ -508,13 +512,21 @@ pub fn headroom(
     }
 }
 
-/// A uniform number in `[0, 1)` from a seed (SplitMix64).
-pub(crate) fn unit_from_seed(seed: u64) -> f64 {
+/// A uniform number in `[0, 1)` from a seed (the SplitMix64 finaliser).
+pub fn draw_from_seed(seed: u64) -> f64 {
+    unit_from_bits(mix64(seed))
+}
+
+pub(crate) fn mix64(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
+    z ^ (z >> 31)
+}
+
+/// The top 53 bits of `bits` as a number in `[0, 1)`.
+pub(crate) fn unit_from_bits(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 struct Keyed {
@@ -665,7 +677,12 @@ fn rank_core(
         };
         let total: f64 = keyed[..candidates].iter().map(weight).sum();
         if candidates > 1 && total > 0.0 && total.is_finite() {
-            let mut target = unit_from_seed(placement.seed) * total;
+            let draw = if placement.draw.is_finite() {
+                placement.draw.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let mut target = draw * total;
             let mut pick = 0;
             for (j, k) in keyed[..candidates].iter().enumerate() {
                 let w = weight(k);
