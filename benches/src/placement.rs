@@ -914,6 +914,48 @@ pub fn markdown(r: &PlacementReport) -> String {
     out
 }
 
+/// The sweep in one row per load level: each figure as round robin / random / least
+/// `apps.calls` / rank without ledger / ours.
+pub fn summary_markdown(r: &PlacementReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Each cell: round robin / random / least apps.calls / rank without ledger / **ours**.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| load | saturated engine-min | placed on saturated | cold loads (load time s) | highest peak RAM % |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for &level in &r.config.levels {
+        let at: Vec<&RunResult> = Policy::ALL
+            .iter()
+            .filter_map(|p| {
+                r.runs
+                    .iter()
+                    .find(|x| x.level == level && x.policy == p.name())
+            })
+            .collect();
+        let cell = |f: &dyn Fn(&RunResult) -> String| {
+            let mut parts: Vec<String> = at.iter().map(|x| f(x)).collect();
+            if let Some(last) = parts.last_mut() {
+                *last = format!("**{last}**");
+            }
+            parts.join(" / ")
+        };
+        let _ = writeln!(
+            out,
+            "| {:.0}% | {} | {} | {} | {} |",
+            level * 100.0,
+            cell(&|x| x.saturated_engine_minutes.to_string()),
+            cell(&|x| x.placed_on_saturated.to_string()),
+            cell(&|x| format!("{} ({:.0})", x.cold_loads, x.cold_load_seconds)),
+            cell(&|x| x.max_peak_ram().to_string()),
+        );
+    }
+    out
+}
+
 /// An SVG line chart: one panel per figure, load level on x, one line per policy.
 pub fn svg(r: &PlacementReport) -> String {
     type Metric = (&'static str, fn(&RunResult) -> f64);

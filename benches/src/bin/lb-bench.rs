@@ -278,7 +278,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("--ranking-json: {e}");
             }
             let report = placement::report(&cfg);
-            print!("{}", placement::markdown(&report));
+            print!(
+                "{}\n{}",
+                placement::summary_markdown(&report),
+                placement::markdown(&report)
+            );
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?;
