@@ -43,7 +43,7 @@ pub mod sample;
 pub mod types;
 pub mod uri;
 
-pub use placement::PlacementLedger;
+pub use placement::{engine_key, PlacementLedger};
 pub use rank::{
     app_key, draw_from_seed, rank, rank_placed, EngineState, EngineView, Pending, Placement,
     PlacementCost, RankPolicy,

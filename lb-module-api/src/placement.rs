@@ -39,6 +39,15 @@ use crate::rank::{
 };
 use crate::sample::EngineSample;
 
+/// The ledger key of the engine at `host` and `port`, as the module API uses it: `host:port`
+/// with the host lowercased (and IPv6 without brackets). A caller that ranks the same engines
+/// elsewhere (e.g. least-loaded node selection) and uses these keys shares their accounting.
+pub fn engine_key(host: &str, port: u16) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host);
+    format!("{}:{port}", host.to_ascii_lowercase())
+}
+
 /// Default bound on the number of engines a ledger tracks.
 pub const DEFAULT_MAX_ENGINES: usize = 1024;
 /// Default bound on the placements remembered per engine.
@@ -63,8 +72,73 @@ struct Entry {
 #[derive(Debug)]
 struct EngineEntries {
     sample: Option<Arc<EngineSample>>,
+    /// In placement order.
     entries: VecDeque<Entry>,
+    /// The sum of `entries`, kept up to date so a ranking does not walk them.
+    totals: Pending,
     touched: Instant,
+}
+
+impl EngineEntries {
+    fn add(&mut self, x: &Entry) {
+        if !x.accounted {
+            self.totals.sessions = self.totals.sessions.saturating_add(1);
+            self.totals.ram_mb += x.ram_mb;
+            if let Some(app) = &x.app {
+                if !self.totals.holds_app_key(app) {
+                    self.totals.apps.push(app.clone());
+                }
+            }
+        }
+        self.totals.cpu_percent += x.cpu_left;
+    }
+
+    fn pop_front(&mut self) {
+        let Some(x) = self.entries.pop_front() else {
+            return;
+        };
+        if self.entries.is_empty() {
+            self.totals = Pending::default();
+            return;
+        }
+        if !x.accounted {
+            self.totals.sessions = self.totals.sessions.saturating_sub(1);
+            self.totals.ram_mb = (self.totals.ram_mb - x.ram_mb).max(0.0);
+            if self.totals.sessions == 0 {
+                self.totals.ram_mb = 0.0;
+            }
+            if let Some(app) = &x.app {
+                let still = self
+                    .entries
+                    .iter()
+                    .any(|y| !y.accounted && y.app.as_ref() == Some(app));
+                if !still {
+                    self.totals.apps.retain(|a| a != app);
+                }
+            }
+        }
+        self.totals.cpu_percent = (self.totals.cpu_percent - x.cpu_left).max(0.0);
+    }
+
+    /// Drop the placements older than `ttl` (from the front: they are in placement order).
+    fn expire(&mut self, ttl: Duration, now: Instant) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|x| now.saturating_duration_since(x.at) >= ttl)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn recompute(&mut self) {
+        self.totals = Pending::default();
+        let entries = std::mem::take(&mut self.entries);
+        for x in &entries {
+            self.add(x);
+        }
+        self.entries = entries;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -223,9 +297,12 @@ impl PlacementLedger {
     /// The load pending on the engine `key` at `now`, as the next ranking would see it (with
     /// the sample last seen for it).
     pub fn pending(&self, key: &str, policy: &RankPolicy, now: Instant) -> Pending {
-        let inner = self.lock();
-        match inner.engines.get(key) {
-            Some(e) => sum(&e.entries, policy, now),
+        let mut inner = self.lock();
+        match inner.engines.get_mut(key) {
+            Some(e) => {
+                e.expire(ttl(policy), now);
+                e.totals.clone()
+            }
             None => Pending::default(),
         }
     }
@@ -255,27 +332,6 @@ fn ttl(policy: &RankPolicy) -> Duration {
     } else {
         Duration::ZERO
     }
-}
-
-fn sum(entries: &VecDeque<Entry>, policy: &RankPolicy, now: Instant) -> Pending {
-    let ttl = ttl(policy);
-    let mut p = Pending::default();
-    for e in entries {
-        if now.saturating_duration_since(e.at) >= ttl {
-            continue;
-        }
-        if !e.accounted {
-            p.sessions = p.sessions.saturating_add(1);
-            p.ram_mb += e.ram_mb;
-            if let Some(app) = &e.app {
-                if !p.holds_app_key(app) {
-                    p.apps.push(app.clone());
-                }
-            }
-        }
-        p.cpu_percent += e.cpu_left;
-    }
-    p
 }
 
 impl Inner {
@@ -309,9 +365,7 @@ impl Inner {
             return Pending::default();
         };
         e.touched = now;
-        let ttl = ttl(policy);
-        e.entries
-            .retain(|x| now.saturating_duration_since(x.at) < ttl);
+        e.expire(ttl(policy), now);
         if let EngineState::Fresh(sample) = &view.state {
             let is_new = e
                 .sample
@@ -320,7 +374,7 @@ impl Inner {
             if is_new {
                 if policy.placement_learn {
                     if let Some(old) = &e.sample {
-                        let placed = e.entries.iter().filter(|x| !x.accounted).count();
+                        let placed = e.totals.sessions as usize;
                         learn(
                             &mut self.session_ram,
                             &mut self.app_ram,
@@ -344,10 +398,11 @@ impl Inner {
                     x.cpu_left = x.cpu_percent * left;
                 }
                 e.entries.retain(|x| x.cpu_left > 0.0);
+                e.recompute();
                 e.sample = Some(sample.clone());
             }
         }
-        sum(&e.entries, policy, now)
+        e.totals.clone()
     }
 
     /// Record a placement on `key`, made on `sample` (the sample the ranking saw).
@@ -375,6 +430,7 @@ impl Inner {
             .or_insert_with(|| EngineEntries {
                 sample: None,
                 entries: VecDeque::new(),
+                totals: Pending::default(),
                 touched: now,
             });
         e.touched = now;
@@ -382,8 +438,9 @@ impl Inner {
             e.sample = Some(sample.clone());
         }
         while e.entries.len() >= max_per {
-            e.entries.pop_front();
+            e.pop_front();
         }
+        e.add(&entry);
         e.entries.push_back(entry);
     }
 }

@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::placement::PlacementLedger;
+use crate::placement::{engine_key, PlacementLedger};
 use crate::rank::{rank, EngineView, RankPolicy};
 use crate::types::{PrioritizeRequest, PrioritizeResponse};
 use crate::uri::parse_engine_uri;
@@ -131,7 +131,7 @@ fn prioritize_with(
             Some(addr) => {
                 parsed.push(i);
                 if ledger.is_some() {
-                    keys.push(format!("{}:{}", addr.host, addr.port));
+                    keys.push(engine_key(&addr.host, addr.port));
                 }
                 views.push(
                     source
