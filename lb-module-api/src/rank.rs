@@ -31,6 +31,11 @@
 //! Within a tie run, and within each of groups 3 to 5, engines keep their input order rotated
 //! left by `rotation % len`, so a caller that increments `rotation` on each call spreads new
 //! sessions evenly over equal engines.
+//!
+//! [`rank_placed`] is the same ranking with recent placements as an input ([`Pending`] load
+//! per engine, counted as if it were in the sample) and a headroom-weighted random draw of the
+//! first place among close engines; [`PlacementLedger`](crate::PlacementLedger) keeps the
+//! placements and feeds it. Both are pure.
 
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -238,3 +238,82 @@ fn equal_engines_share() {
     }
     assert!((400..=600).contains(&a), "{a}");
 }
+
+fn weird() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        0.0f64..100_000.0,
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(-1.0),
+        Just(0.0),
+    ]
+}
+
+proptest! {
+    /// No policy value, however odd, makes the ledger panic or drop an engine.
+    #[test]
+    fn ledger_survives_odd_policies(
+        ram in weird(), app_ram in weird(), cpu in weird(), ttl in weird(), window in weird(),
+        spread in weird(), min_headroom in weird(), learn in any::<bool>(),
+        views in proptest::collection::vec(view_strategy(), 0..6),
+        calls in 1usize..20,
+    ) {
+        let policy = RankPolicy {
+            placement_session_ram_mb: ram,
+            placement_app_ram_mb: app_ram,
+            placement_session_cpu_percent: cpu,
+            placement_ttl_secs: ttl,
+            placement_cpu_window_secs: window,
+            placement_spread: spread,
+            affinity_min_headroom: min_headroom,
+            placement_learn: learn,
+            ..RankPolicy::default()
+        };
+        let ledger = PlacementLedger::new();
+        let keys = ["e1", "e2", "e3", "e4", "e5", "e6"];
+        let mut now = Instant::now();
+        for _ in 0..calls {
+            now += Duration::from_secs(1);
+            let order = ledger.place(&keys[..views.len()], &views, Some(APP), &policy, None, now);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..views.len()).collect::<Vec<_>>());
+        }
+    }
+
+    /// A new sample taken a CPU window or more after the last placement leaves nothing pending
+    /// from before it.
+    #[test]
+    fn a_late_sample_clears_the_estimates(
+        placements in 1usize..50,
+        gap_s in 30u64..500,
+        seed in any::<u64>(),
+    ) {
+        let policy = RankPolicy::default();
+        let ledger = PlacementLedger::with_seed(seed);
+        let views = burst_engines();
+        let keys = ["a", "b", "c"];
+        let t0 = Instant::now();
+        for _ in 0..placements {
+            ledger.place(&keys, &views, Some(APP), &policy, None, t0);
+        }
+        // New samples for every engine (new Arcs), seen by a ranking whose first place goes to
+        // another, idle engine.
+        let fresh = burst_engines();
+        let t1 = t0 + Duration::from_secs(gap_s);
+        let mut offered = fresh.clone();
+        offered.insert(0, EngineView::fresh(Arc::new(EngineSample {
+            mem_free: 1e9,
+            mem_total_physical: Some(1e9),
+            cpu_total: 0.0,
+            ..EngineSample::default()
+        })));
+        let keys_with_other = ["other", "a", "b", "c"];
+        let strict = RankPolicy { placement_spread: 0.0, ..RankPolicy::default() };
+        let order = ledger.place(&keys_with_other, &offered, Some(APP), &strict, None, t1);
+        prop_assert_eq!(order[0], 0);
+        for k in keys {
+            prop_assert!(ledger.pending(k, &policy, t1).is_empty(), "{}", k);
+        }
+    }
+}
