@@ -5,9 +5,11 @@
 //!   `lb_bench::sim::...` keeps naming it).
 //! - [`client`]: a small keep-alive HTTP/1.1 and WebSocket client with a cookie jar.
 //! - [`report`]: latency summaries, stickiness accounting and the JSON result.
+//! - [`placement`]: the engine placement simulator (`lb-bench placement`).
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
 
 pub mod client;
+pub mod placement;
 pub mod report;
 pub mod scenario;
 pub use lb_sim as sim;

@@ -1,4 +1,5 @@
-//! `rank()` for 2, 8 and 64 engines, and a whole prioritize call through the router.
+//! `rank()` and `PlacementLedger::place()` for 2, 8 and 64 engines, and a whole prioritize
+//! call through the router.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Request;
 use http_body_util::BodyExt;
 use lb_module_api::{
-    rank, router, EngineSample, EngineView, RankPolicy, RouterOptions, StaticEngineSource,
+    rank, router, EngineSample, EngineView, PlacementLedger, RankPolicy, RouterOptions,
+    StaticEngineSource,
 };
 use tower::ServiceExt;
 
@@ -49,6 +51,24 @@ fn bench_rank(c: &mut Criterion) {
                 rotation = rotation.wrapping_add(1);
                 black_box(rank(black_box(v), Some(APP), &policy, rotation))
             })
+        });
+    }
+    group.finish();
+}
+
+/// The ledger's whole placement (observe, rank with pending load, record) on fixed samples: a
+/// burst, with the ledger holding up to `placement_ttl_secs` of placements.
+fn bench_place(c: &mut Criterion) {
+    let policy = RankPolicy::default();
+    let mut group = c.benchmark_group("place");
+    for n in [2usize, 8, 64] {
+        let v = views(n);
+        let keys: Vec<String> = (0..n).map(|i| format!("node{i}:4747")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ledger = PlacementLedger::new().with_limits(1024, 512);
+        let now = std::time::Instant::now();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &v, |b, v| {
+            b.iter(|| black_box(ledger.place(&keys, black_box(v), Some(APP), &policy, None, now)))
         });
     }
     group.finish();
@@ -118,6 +138,7 @@ fn prioritize_percentiles(_: &mut Criterion) {
 criterion_group!(
     benches,
     bench_rank,
+    bench_place,
     bench_prioritize,
     prioritize_percentiles
 );

@@ -26,7 +26,10 @@
 //! * [`types`]: [`PrioritizeRequest`] / [`PrioritizeResponse`];
 //! * [`sample`]: [`EngineSample`] and [`parse_healthcheck`] for the engine's
 //!   `GET /engine/healthcheck` body, tolerant of old and new shapes;
-//! * [`rank()`](rank::rank): the pure ranking function and its [`RankPolicy`];
+//! * [`rank()`](rank::rank) and [`rank_placed`]: the pure ranking functions and their
+//!   [`RankPolicy`];
+//! * [`placement`]: the [`PlacementLedger`] of recent placements, so a burst ranked on one
+//!   telemetry sample spreads instead of herding onto the engine that looked best;
 //! * [`router()`](router::router): the axum router, fed by an [`EngineSource`] (feature
 //!   `router`, on by default; without it the crate does not depend on axum).
 //!
@@ -34,6 +37,7 @@
 //! `lb_module_requests_total{result="ok|bad_request|too_large"}` and the histogram
 //! `lb_module_rank_duration_seconds`.
 
+pub mod placement;
 pub mod rank;
 #[cfg(feature = "router")]
 pub mod router;
@@ -41,11 +45,15 @@ pub mod sample;
 pub mod types;
 pub mod uri;
 
-pub use rank::{rank, EngineState, EngineView, RankPolicy};
+pub use placement::{engine_key, PlacementLedger};
+pub use rank::{
+    app_key, draw_from_seed, rank, rank_placed, EngineState, EngineView, Pending, Placement,
+    PlacementCost, RankPolicy,
+};
 #[cfg(feature = "router")]
 pub use router::{
-    parse_qlik_user, prioritize, prioritize_path, router, EngineSource, QlikUser, RouterOptions,
-    StaticEngineSource,
+    parse_qlik_user, prioritize, prioritize_path, prioritize_placed, router, router_with_ledger,
+    EngineSource, QlikUser, RouterOptions, StaticEngineSource,
 };
 pub use sample::{parse_healthcheck, EngineSample, ParseError};
 pub use types::{PrioritizeRequest, PrioritizeResponse};

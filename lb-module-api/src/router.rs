@@ -12,6 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::placement::{engine_key, PlacementLedger};
 use crate::rank::{rank, EngineView, RankPolicy};
 use crate::types::{PrioritizeRequest, PrioritizeResponse};
 use crate::uri::parse_engine_uri;
@@ -96,6 +97,26 @@ impl EngineSource for StaticEngineSource {
 /// telemetry after the known healthy ones), then unparsable entries in their original order.
 /// Every offered entry comes back exactly once per occurrence; `AppName` is returned unchanged.
 pub fn prioritize(source: &dyn EngineSource, req: PrioritizeRequest) -> PrioritizeResponse {
+    prioritize_with(source, None, req)
+}
+
+/// [`prioritize`] with recent placements: the engines are ranked by
+/// [`PlacementLedger::place`] (keys `host:port`, host lowercased), which counts the sessions
+/// this ledger placed recently and picks the first engine at random among close ones in
+/// proportion to headroom, then records the new session on it.
+pub fn prioritize_placed(
+    source: &dyn EngineSource,
+    ledger: &PlacementLedger,
+    req: PrioritizeRequest,
+) -> PrioritizeResponse {
+    prioritize_with(source, Some(ledger), req)
+}
+
+fn prioritize_with(
+    source: &dyn EngineSource,
+    ledger: Option<&PlacementLedger>,
+    req: PrioritizeRequest,
+) -> PrioritizeResponse {
     let PrioritizeRequest {
         app_name,
         qlik_sense_engines,
@@ -104,10 +125,14 @@ pub fn prioritize(source: &dyn EngineSource, req: PrioritizeRequest) -> Prioriti
     let mut parsed: Vec<usize> = Vec::with_capacity(qlik_sense_engines.len());
     let mut views: Vec<EngineView> = Vec::with_capacity(qlik_sense_engines.len());
     let mut unparsed: Vec<usize> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
     for (i, entry) in qlik_sense_engines.iter().enumerate() {
         match parse_engine_uri(entry) {
             Some(addr) => {
                 parsed.push(i);
+                if ledger.is_some() {
+                    keys.push(engine_key(&addr.host, addr.port));
+                }
                 views.push(
                     source
                         .view(&addr.host, addr.port)
@@ -122,7 +147,20 @@ pub fn prioritize(source: &dyn EngineSource, req: PrioritizeRequest) -> Prioriti
     }
     let policy = source.policy();
     let app = (!app_name.is_empty()).then_some(app_name.as_str());
-    let order = rank(&views, app, &policy, source.next_rotation());
+    let order = match ledger {
+        Some(ledger) => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            ledger.place(
+                &keys,
+                &views,
+                app,
+                &policy,
+                Some(source.next_rotation()),
+                Instant::now(),
+            )
+        }
+        None => rank(&views, app, &policy, source.next_rotation()),
+    };
     metrics::histogram!("lb_module_rank_duration_seconds").record(started.elapsed().as_secs_f64());
 
     let mut slots: Vec<Option<String>> = qlik_sense_engines.into_iter().map(Some).collect();
@@ -194,6 +232,7 @@ fn percent_decode(s: &str) -> String {
 
 struct Shared {
     source: Arc<dyn EngineSource>,
+    ledger: Arc<PlacementLedger>,
     opts: RouterOptions,
     path: String,
 }
@@ -218,10 +257,25 @@ pub fn prioritize_path(base_path: &str) -> String {
 ///
 /// The path also matches with a trailing slash or doubled slashes (a base URI configured as
 /// `https://lb:8187/` may yield `//loadbalancing/prioritize`).
+///
+/// Engines are ranked with a [`PlacementLedger`] of its own (see [`prioritize_placed`]); use
+/// [`router_with_ledger`] to share one with other placement decisions.
 pub fn router(source: Arc<dyn EngineSource>, base_path: &str, opts: RouterOptions) -> Router {
+    router_with_ledger(source, Arc::new(PlacementLedger::new()), base_path, opts)
+}
+
+/// [`router`] with a given [`PlacementLedger`], e.g. one the balancer also uses for its own
+/// least-loaded node selection.
+pub fn router_with_ledger(
+    source: Arc<dyn EngineSource>,
+    ledger: Arc<PlacementLedger>,
+    base_path: &str,
+    opts: RouterOptions,
+) -> Router {
     let path = prioritize_path(base_path);
     let shared = Arc::new(Shared {
         source,
+        ledger,
         opts,
         path: path.clone(),
     });
@@ -324,7 +378,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .map(parse_qlik_user)
         .unwrap_or_default();
     let offered = request.qlik_sense_engines.len();
-    let response = prioritize(shared.source.as_ref(), request);
+    let response = prioritize_placed(shared.source.as_ref(), &shared.ledger, request);
     tracing::debug!(
         app = %response.app_name,
         offered,

@@ -265,7 +265,7 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The last path component of `s` (either separator) without its extension.
-fn file_stem(s: &str) -> &str {
+pub(crate) fn file_stem(s: &str) -> &str {
     let s = s.trim();
     let s = s.trim_end_matches(['/', '\\']);
     let name = match s.rfind(['/', '\\']) {

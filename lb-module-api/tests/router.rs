@@ -165,7 +165,7 @@ async fn rotation_shares_equal_engines() {
     let app = router(src, "/", RouterOptions::default());
     let body = r#"{"AppName":"x","QlikSenseEngines":["a:4747","b:4747"]}"#;
     let mut firsts = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..40 {
         let (status, out) = call(
             app.clone(),
             Method::POST,
@@ -177,7 +177,10 @@ async fn rotation_shares_equal_engines() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         firsts.push(v["QlikSenseEngines"][0].as_str().unwrap().to_owned());
     }
-    assert_eq!(firsts, ["a:4747", "b:4747", "a:4747", "b:4747"]);
+    // Equal engines share new sessions: the first place is drawn by headroom, and each
+    // placement counts against its engine until the next sample.
+    let a = firsts.iter().filter(|f| *f == "a:4747").count();
+    assert!((14..=26).contains(&a), "a first {a} of 40: {firsts:?}");
 }
 
 #[tokio::test]

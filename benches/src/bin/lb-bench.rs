@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use lb_bench::placement;
 use lb_bench::report::Report;
 use lb_bench::scenario::{self, Scenario, ScenarioOpts};
 use lb_sim::{SimCluster, SimOptions};
@@ -134,6 +135,28 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         message_size: usize,
     },
+    /// Engine placement simulator: policies compared over a simulated Qlik day (no network).
+    Placement {
+        /// Seed of the workload and of the random policies.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Load levels in percent of cluster capacity, comma separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [50u32, 60, 70, 80, 90, 100, 110, 120])]
+        levels: Vec<u32>,
+        /// A short run (08:30 to 09:30) for smoke tests.
+        #[arg(long)]
+        quick: bool,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the chart as SVG to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Ranking policy keys (the `[ranking]` section of the lb config) as JSON, e.g.
+        /// `{"placement_spread": 0.3}`; unset keys keep their defaults.
+        #[arg(long)]
+        ranking_json: Option<String>,
+    },
     /// Many idle WebSockets held for --duration-secs, then verified; balancer memory per tunnel.
     WsIdle {
         #[command(flatten)]
@@ -237,6 +260,51 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..SimOptions::default()
             };
             runtime(threads)?.block_on(run_sim(nodes, base_port, opts))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Placement {
+            seed,
+            levels,
+            quick,
+            json,
+            svg,
+            ranking_json,
+        } => {
+            let base = if quick {
+                placement::SimConfig::quick()
+            } else {
+                placement::SimConfig::default()
+            };
+            let cfg = placement::SimConfig {
+                seed,
+                levels: if quick && levels.len() == 8 {
+                    base.levels.clone()
+                } else {
+                    levels.iter().map(|&l| f64::from(l) / 100.0).collect()
+                },
+                ranking: match ranking_json {
+                    Some(text) => serde_json::from_str(&text).context("--ranking-json")?,
+                    None => base.ranking.clone(),
+                },
+                ..base
+            };
+            if let Err(e) = cfg.ranking.validate() {
+                bail!("--ranking-json: {e}");
+            }
+            let report = placement::report(&cfg);
+            print!(
+                "{}\n{}",
+                placement::summary_markdown(&report),
+                placement::markdown(&report)
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if let Some(path) = svg {
+                std::fs::write(&path, placement::svg(&report))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Demo {
