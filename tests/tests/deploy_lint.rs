@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const LB_BIN: &str = "/usr/local/bin/lb";
+const LB_BIN: &str = "/usr/bin/lb";
 const UNIT: &str = "deploy/systemd/lb.service";
 const SYSUSERS: &str = "deploy/systemd/lb.sysusers.conf";
 const TMPFILES: &str = "deploy/systemd/lb.tmpfiles.conf";
@@ -130,8 +130,8 @@ fn unit_has_the_required_directives() {
     let unit = directives(&read(UNIT));
     let required = [
         "Type=notify",
-        "ExecStartPre=/usr/local/bin/lb check --config /etc/lb/lb.toml",
-        "ExecStart=/usr/local/bin/lb run --config /etc/lb/lb.toml",
+        "ExecStartPre=/usr/bin/lb check --config /etc/lb/lb.toml",
+        "ExecStart=/usr/bin/lb run --config /etc/lb/lb.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "LimitNOFILE=1048576",
@@ -539,4 +539,149 @@ fn template_writes_a_valid_config() {
         !toml.contains("engine ="),
         "no telemetry without a client certificate"
     );
+}
+
+/// A throwaway CA and certificates signed by it, as PEM files.
+struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Qlik site root (test)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki {
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        }
+    }
+
+    /// Writes a certificate for `names` and its key to `cert` and `key`.
+    fn leaf(&self, names: &[&str], cert: &Path, key: &Path) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let signed = params.signed_by(&pair, &self.issuer).unwrap();
+        fs::create_dir_all(cert.parent().unwrap()).unwrap();
+        fs::write(cert, signed.pem()).unwrap();
+        fs::write(key, pair.serialize_pem()).unwrap();
+    }
+}
+
+/// `rel` with every `/etc/lb/` path moved under `etc` (files there are written by the caller),
+/// written next to them and checked with `lb check`'s own function (which also loads every
+/// certificate and key).
+fn check_relocated(rel: &str, etc: &Path) -> Result<lb_config::Config, String> {
+    let text = read(rel);
+    assert!(text.contains("/etc/lb/"), "{rel} names files under /etc/lb");
+    let moved = text.replace("/etc/lb/", &format!("{}/", etc.display()));
+    let path = etc.join("lb.toml");
+    fs::write(&path, moved).unwrap();
+    lb::check_config(&path).map_err(|e| format!("{rel} fails lb check:\n{e}"))
+}
+
+#[test]
+fn production_example_passes_lb_check() {
+    let dir = TempDir::new("production");
+    let etc = dir.path().join("etc-lb");
+    let pki = Pki::new();
+    pki.leaf(
+        &["qlik.example.com"],
+        &etc.join("tls/cert.pem"),
+        &etc.join("tls/key.pem"),
+    );
+    pki.leaf(
+        &["lb-module.corp.example"],
+        &etc.join("tls/module.pem"),
+        &etc.join("tls/module.key"),
+    );
+    pki.leaf(
+        &["lb1.corp.example"],
+        &etc.join("qlik/client.pem"),
+        &etc.join("qlik/client_key.pem"),
+    );
+    fs::write(etc.join("qlik/root.pem"), &pki.ca_pem).unwrap();
+    fs::write(etc.join("route.key"), "0123456789abcdef0123456789abcdef").unwrap();
+
+    let cfg =
+        check_relocated("deploy/examples/production.toml", &etc).unwrap_or_else(|e| panic!("{e}"));
+    // What the example promises in its comments.
+    assert_eq!(
+        cfg.listener.proxy_protocol,
+        lb_config::ProxyProtocolMode::Required
+    );
+    assert!(cfg.listener.tls.is_some(), "HTTPS for users");
+    assert_eq!(cfg.nodes.len(), 3, "three QPS nodes");
+    for n in &cfg.nodes {
+        assert!(
+            n.tls && n.server_name.is_some(),
+            "node {} over HTTPS by name",
+            n.id
+        );
+        assert!(
+            n.zone.is_some() && n.engine.is_some(),
+            "node {} zone, engine",
+            n.id
+        );
+    }
+    assert!(
+        cfg.upstream.ca_file.is_some(),
+        "nodes verified against the Qlik root CA"
+    );
+    let module = cfg.module.as_ref().expect("module API");
+    let module_tls = module.tls.as_ref().expect("module API over HTTPS");
+    assert!(
+        module_tls.client_ca_file.is_some(),
+        "module API requires client certificates"
+    );
+    let admin = cfg.admin.as_ref().expect("admin listener");
+    assert!(
+        !admin.address.ip().is_loopback() && admin.token.is_some(),
+        "admin reachable by the NLB, with a token"
+    );
+    assert!(cfg.balance.zone.is_some(), "zone");
+    assert!(
+        read("deploy/examples/production.toml").contains("Windows authentication port"),
+        "the place of the Windows authentication listener is marked"
+    );
+
+    // A file the example names and that is missing is reported with its key.
+    fs::remove_file(etc.join("tls/module.key")).unwrap();
+    let err = check_relocated("deploy/examples/production.toml", &etc).unwrap_err();
+    assert!(err.contains("module.key"), "missing key reported: {err}");
+}
+
+#[test]
+fn packaged_default_config_passes_lb_check() {
+    let dir = TempDir::new("default");
+    let etc = dir.path().join("etc-lb");
+    fs::create_dir_all(&etc).unwrap();
+    // The route key the package's postinst generates: 48 random bytes, base64.
+    fs::write(
+        etc.join("route.key"),
+        "c2l4dHktZm91ciBjaGFyYWN0ZXJzIG9mIGJhc2U2NCwgYXMgdGhlIHBvc3RpbnN0IHdyaXRlcw",
+    )
+    .unwrap();
+    let cfg = check_relocated("deploy/packaging/lb.toml", &etc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cfg.listener.address.ip().is_loopback(),
+        "the default config serves nobody until edited"
+    );
+    assert!(
+        cfg.sticky.route_key.is_some(),
+        "route key read from the file"
+    );
+
+    // Without the generated key file, the default config is refused.
+    fs::remove_file(etc.join("route.key")).unwrap();
+    let err = check_relocated("deploy/packaging/lb.toml", &etc).unwrap_err();
+    assert!(err.contains("sticky.route_key_file"), "{err}");
 }
