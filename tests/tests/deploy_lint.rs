@@ -504,6 +504,10 @@ fn nlb_health_checks_read_readiness_not_the_proxy_listener() {
     let pp = |group: &str| squash(resource(&template, group));
     assert!(pp("HttpsTargetGroup").contains("Key: proxy_protocol_v2.enabled Value: \"true\""));
     assert!(pp("HttpTargetGroup").contains("Key: proxy_protocol_v2.enabled Value: \"false\""));
+    // A balancer that stops being ready keeps its users' open WebSockets.
+    assert!(pp("HttpsTargetGroup").contains(
+        "Key: target_health_state.unhealthy.connection_termination.enabled Value: \"false\""
+    ));
     // The NLBs reach the admin listener; the generated config listens there on all addresses
     // (template_writes_a_valid_config).
     let sg = squash(resource(&template, "LbSecurityGroup"));
