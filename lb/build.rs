@@ -26,16 +26,26 @@ fn main() {
 
     // Rebuild when HEAD moves: HEAD itself (a branch switch or a detached checkout), the
     // branch it names (a commit), and packed-refs (where a branch lives after `git gc`). Only
-    // files that exist are named: cargo reruns a build script on every build for a missing one.
-    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watch.push(branch);
-    }
-    for name in watch {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+    // paths that exist are named: cargo reruns a build script on every build for a missing
+    // one. A packed branch has no file yet, so its folder is watched for the one a commit adds.
+    let watch = |path: &Path| {
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        println!("cargo:rerun-if-changed={}", abs.display());
+    };
+    for name in ["HEAD", "packed-refs"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
             if Path::new(&path).is_file() {
-                let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.into());
-                println!("cargo:rerun-if-changed={}", abs.display());
+                watch(Path::new(&path));
+            }
+        }
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(path) = git(&["rev-parse", "--git-path", &branch]) {
+            let path = Path::new(&path);
+            match path.parent() {
+                _ if path.is_file() => watch(path),
+                Some(dir) if dir.is_dir() => watch(dir),
+                _ => {}
             }
         }
     }
