@@ -19,6 +19,21 @@ RPM=target/packages/lb-${VERSION}-${RELEASE}.$(uname -m).rpm
 fail() { echo "check-package: FAIL: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "needs root (dpkg -i)"
 [ -f "$DEB" ] && [ -f "$RPM" ] || fail "no $DEB or $RPM: run scripts/package.sh"
+TMP=$(mktemp -d)
+INSTALLED=no
+USER_EXISTED=no
+getent passwd lb >/dev/null && USER_EXISTED=yes
+cleanup() {
+  if [ "$INSTALLED" = yes ]; then
+    dpkg --purge lb >/dev/null 2>&1 || true
+    if [ "$USER_EXISTED" = no ]; then
+      userdel lb 2>/dev/null || true
+      groupdel lb 2>/dev/null || true
+    fi
+  fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
 
 echo "== checksums"
 (cd target/packages && sha256sum -c "$(basename "$DEB").sha256" "$(basename "$RPM").sha256")
@@ -37,12 +52,12 @@ EXPECTED=(
 )
 
 echo "== dpkg-deb -c $DEB"
-dpkg-deb -c "$DEB" | tee /tmp/lb-deb-contents.txt
-DEB_FILES=$(awk '{ print substr($6, 2) }' /tmp/lb-deb-contents.txt)
+dpkg-deb -c "$DEB" | tee "$TMP/deb-contents.txt"
+DEB_FILES=$(awk '{ print substr($6, 2) }' "$TMP/deb-contents.txt")
 for f in "${EXPECTED[@]}"; do
   grep -qxF "$f" <<<"$DEB_FILES" || fail ".deb lacks $f"
 done
-grep -E ' \./etc/lb/lb\.toml$' /tmp/lb-deb-contents.txt | grep -q '^-rw-r----- root/root' ||
+grep -E ' \./etc/lb/lb\.toml$' "$TMP/deb-contents.txt" | grep -q '^-rw-r----- root/root' ||
   fail ".deb: /etc/lb/lb.toml is not 0640"
 [ "$(dpkg-deb -I "$DEB" conffiles)" = /etc/lb/lb.toml ] || fail ".deb: lb.toml is not a conffile"
 dpkg-deb -f "$DEB" Package Version Architecture Depends
@@ -59,6 +74,11 @@ grep -qxF 'cn -rw-r----- root:lb /etc/lb/lb.toml' <<<"$FLAGS" ||
   fail ".rpm: /etc/lb/lb.toml is not %config(noreplace) root:lb 0640: $(grep lb.toml <<<"$FLAGS")"
 grep -qxF ' drwxr-x--- root:lb /etc/lb' <<<"$FLAGS" || fail ".rpm: /etc/lb is not root:lb 0750"
 rpm -qp --scripts "$RPM" | grep -q 'systemd-sysusers' || fail ".rpm creates no lb user"
+# Its scriptlets are valid sh (they only run on the target system).
+for tag in PREIN POSTIN PREUN POSTUN; do
+  rpm -qp --qf "%{$tag}\n" "$RPM" > "$TMP/scriptlet.sh"
+  sh -n "$TMP/scriptlet.sh" || fail ".rpm $tag scriptlet is not valid sh"
+done
 RPM_GLIBC=$(rpm -qpR "$RPM" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
 echo "rpm requires glibc symbols up to $RPM_GLIBC"
 [ "$(printf '%s\n%s\n' "$RPM_GLIBC" "$GLIBC_MAX" | sort -V | tail -1)" = "$GLIBC_MAX" ] ||
@@ -68,16 +88,7 @@ echo "== dpkg -i $DEB"
 if dpkg-query -W -f='${Status}' lb 2>/dev/null | grep -q 'installed'; then
   fail "an lb package is installed on this machine; this check installs and purges one"
 fi
-USER_EXISTED=no
-getent passwd lb >/dev/null && USER_EXISTED=yes
-cleanup() {
-  dpkg --purge lb >/dev/null 2>&1 || true
-  if [ "$USER_EXISTED" = no ]; then
-    userdel lb 2>/dev/null || true
-    groupdel lb 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
+INSTALLED=yes
 dpkg -i "$DEB"
 
 echo "== lb --version"
@@ -117,6 +128,4 @@ dpkg --purge lb
 for p in /usr/bin/lb /usr/lib/systemd/system/lb.service /etc/lb; do
   [ ! -e "$p" ] || fail "$p is left after purge"
 done
-trap - EXIT
-cleanup
 echo "check-package: ok"
