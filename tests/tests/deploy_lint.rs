@@ -796,8 +796,8 @@ fn production_example_passes_lb_check() {
     );
     pki.leaf(
         &["lb-module.corp.example"],
-        &etc.join("tls/module.pem"),
-        &etc.join("tls/module.key"),
+        &etc.join("tls/module/cert.pem"),
+        &etc.join("tls/module/key.pem"),
     );
     pki.leaf(
         &["lb1.corp.example"],
@@ -850,9 +850,12 @@ fn production_example_passes_lb_check() {
     );
 
     // A file the example names and that is missing is reported with its key.
-    fs::remove_file(etc.join("tls/module.key")).unwrap();
+    fs::remove_file(etc.join("tls/module/key.pem")).unwrap();
     let err = check_relocated("deploy/examples/production.toml", &etc).unwrap_err();
-    assert!(err.contains("module.key"), "missing key reported: {err}");
+    assert!(
+        err.contains("module/key.pem"),
+        "missing key reported: {err}"
+    );
 }
 
 #[test]
