@@ -2,6 +2,7 @@
 # Checks the packages scripts/package.sh built, as an operator would meet them:
 #   - checksums, file lists and config-file marks of the .deb (dpkg-deb) and the .rpm (rpm -qp),
 #     and the glibc versions the .rpm requires (Amazon Linux 2023 has 2.34);
+#   - rpm -i into a scratch root: owners and modes of /etc/lb as the service needs them;
 #   - dpkg -i of the .deb on this machine: lb --version, the lb user, a generated route key
 #     (root:lb, 0640), lb check on the installed /etc/lb/lb.toml (as root and as the lb user the
 #     unit runs as), systemd-analyze verify on the installed unit;
@@ -83,6 +84,22 @@ RPM_GLIBC=$(rpm -qpR "$RPM" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort 
 echo "rpm requires glibc symbols up to $RPM_GLIBC"
 [ "$(printf '%s\n%s\n' "$RPM_GLIBC" "$GLIBC_MAX" | sort -V | tail -1)" = "$GLIBC_MAX" ] ||
   fail ".rpm requires glibc $RPM_GLIBC, above $GLIBC_MAX"
+
+echo "== rpm -i into a scratch root (the lb user as %pre makes it; no other scriptlets, no deps)"
+R=$TMP/rpm-root
+mkdir -p "$R/etc"
+printf 'root:x:0:0:root:/root:/bin/sh\nlb:x:990:990:lb:/:/usr/sbin/nologin\n' > "$R/etc/passwd"
+printf 'root:x:0:\nlb:x:990:\n' > "$R/etc/group"
+rpm --root "$R" --initdb
+rpm --root "$R" -i --nodeps --noscripts "$RPM" 2>&1 | grep -v -e 'should not be used directly' -e 'assuming you know' || true
+rpm --root "$R" -q lb >/dev/null || fail ".rpm did not install into a scratch root"
+rpm --root "$R" -V --nodeps --noscripts lb || fail "rpm -V: installed files differ from the package"
+for f in etc/lb:750 etc/lb/lb.toml:640 etc/lb/tls:750 etc/lb/qlik:750; do
+  [ "$(stat -c '%a %u:%g' "$R/${f%%:*}")" = "${f##*:} 0:990" ] ||
+    fail ".rpm: /${f%%:*} is $(stat -c '%a %u:%g' "$R/${f%%:*}"), not ${f##*:} root:lb"
+done
+"$R/usr/bin/lb" --version >/dev/null || fail ".rpm: /usr/bin/lb does not run"
+echo ok
 
 echo "== dpkg -i $DEB"
 if dpkg-query -W -f='${Status}' lb 2>/dev/null | grep -q 'installed'; then
