@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const LB_BIN: &str = "/usr/local/bin/lb";
+const LB_BIN: &str = "/usr/bin/lb";
 const UNIT: &str = "deploy/systemd/lb.service";
 const SYSUSERS: &str = "deploy/systemd/lb.sysusers.conf";
 const TMPFILES: &str = "deploy/systemd/lb.tmpfiles.conf";
@@ -130,8 +130,8 @@ fn unit_has_the_required_directives() {
     let unit = directives(&read(UNIT));
     let required = [
         "Type=notify",
-        "ExecStartPre=/usr/local/bin/lb check --config /etc/lb/lb.toml",
-        "ExecStart=/usr/local/bin/lb run --config /etc/lb/lb.toml",
+        "ExecStartPre=/usr/bin/lb check --config /etc/lb/lb.toml",
+        "ExecStart=/usr/bin/lb run --config /etc/lb/lb.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "LimitNOFILE=1048576",
@@ -411,25 +411,189 @@ fn user_data_is_valid_bash_within_the_size_limit() {
 }
 
 #[test]
-fn template_installs_the_same_unit() {
+fn template_installs_the_package() {
     let script = user_data_script(&read(TEMPLATE));
-    let start_marker = "cat > /etc/systemd/system/lb.service <<'UNIT'\n";
-    let start = script
-        .find(start_marker)
-        .expect("user data writes lb.service")
-        + start_marker.len();
-    let end = script[start..].find("\nUNIT\n").expect("unit heredoc ends") + start;
-    let embedded = directives(&script[start..end]);
-    let file = directives(&read(UNIT));
+    // The unit, the user and /etc/lb come from the package, not from the user data.
+    assert!(
+        !script.contains("/etc/systemd/system/lb.service") && !script.contains("useradd"),
+        "the user data writes no unit and no user of its own"
+    );
+    assert!(
+        !script.contains("/usr/local/bin/lb"),
+        "the package installs /usr/bin/lb"
+    );
+    for expected in [
+        "aws s3 cp --only-show-errors 'PLACEHOLDER_PackageS3Uri' /tmp/lb.pkg",
+        "sha256sum -c -",
+        "apt-get install -y -q /tmp/lb.deb",
+        "dnf install -y -q /tmp/lb.rpm",
+        "systemd-tmpfiles --create /usr/lib/tmpfiles.d/lb.conf",
+        "lb check --config /etc/lb/lb.toml",
+        "systemctl enable lb",
+    ] {
+        assert!(script.contains(expected), "user data lacks `{expected}`");
+    }
+}
+
+/// The lines of one resource (or output) of the template: from `  <name>:` to the next entry
+/// of the same indentation.
+fn resource<'a>(template: &'a str, name: &str) -> &'a str {
+    let head = format!("\n  {name}:\n");
+    let start = template
+        .find(&head)
+        .unwrap_or_else(|| panic!("{TEMPLATE} has no `{name}`"))
+        + 1;
+    let rest = &template[start + head.len() - 1..];
+    let end = rest
+        .lines()
+        .scan(0, |pos, line| {
+            let at = *pos;
+            *pos += line.len() + 1;
+            Some((at, line))
+        })
+        .find(|(_, line)| {
+            let indent = line.len() - line.trim_start().len();
+            !line.trim().is_empty() && indent <= 2 && !line.trim_start().starts_with('#')
+        })
+        .map(|(at, _)| at)
+        .unwrap_or(rest.len());
+    &template[start..start + head.len() - 1 + end]
+}
+
+/// Names of the resources of a given type.
+fn resources_of_type(template: &str, ty: &str) -> Vec<String> {
+    let resources = &template[template.find("\nResources:\n").expect("Resources")..];
+    let resources = &resources[..resources.find("\nOutputs:\n").unwrap_or(resources.len())];
+    let mut names = Vec::new();
+    let mut current = None;
+    for line in resources.lines() {
+        if line.starts_with("  ") && !line.starts_with("   ") && line.trim_end().ends_with(':') {
+            current = Some(line.trim().trim_end_matches(':').to_string());
+        } else if line.trim() == format!("Type: {ty}") && line.starts_with("    Type:") {
+            names.extend(current.clone());
+        }
+    }
+    names
+}
+
+#[test]
+fn nlb_health_checks_read_readiness_not_the_proxy_listener() {
+    let template = read(TEMPLATE);
+    let groups = resources_of_type(&template, "AWS::ElasticLoadBalancingV2::TargetGroup");
     assert_eq!(
-        embedded, file,
-        "the unit in {TEMPLATE} differs from {UNIT}; copy the directives over"
+        groups,
+        ["HttpsTargetGroup", "HttpTargetGroup", "ModuleTargetGroup"],
+        "target groups"
+    );
+    for group in &groups {
+        let block = resource(&template, group);
+        for expected in [
+            "HealthCheckProtocol: HTTP",
+            "HealthCheckPort: \"18001\"",
+            "HealthCheckPath: /ready",
+            "HttpCode: \"200\"",
+        ] {
+            assert!(
+                block.contains(expected),
+                "{group} lacks `{expected}`:\n{block}"
+            );
+        }
+    }
+    // PROXY protocol only where lb reads it (the 443 listener); its redirect listener on 80
+    // reads none.
+    let pp = |group: &str| squash(resource(&template, group));
+    assert!(pp("HttpsTargetGroup").contains("Key: proxy_protocol_v2.enabled Value: \"true\""));
+    assert!(pp("HttpTargetGroup").contains("Key: proxy_protocol_v2.enabled Value: \"false\""));
+    // A balancer that stops being ready keeps its users' open WebSockets.
+    assert!(pp("HttpsTargetGroup").contains(
+        "Key: target_health_state.unhealthy.connection_termination.enabled Value: \"false\""
+    ));
+    // The NLBs reach the admin listener; the generated config listens there on all addresses
+    // (template_writes_a_valid_config).
+    let sg = squash(resource(&template, "LbSecurityGroup"));
+    for from in ["NlbSecurityGroup", "ModuleNlbSecurityGroup"] {
+        assert!(
+            sg.contains(&format!(
+                "FromPort: 18001 ToPort: 18001 SourceSecurityGroupId: !Ref {from}"
+            )),
+            "18001 open to {from}:\n{sg}"
+        );
+    }
+    assert!(
+        !sg.contains(
+            "FromPort: 8187 ToPort: 8187 SourceSecurityGroupId: !Ref QlikNodesSecurityGroupId"
+        ),
+        "the QPS nodes reach 8187 through the module NLB only"
     );
 }
 
+/// Text with every run of white space turned into one space.
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn instances_heal_and_the_module_api_has_a_stable_name() {
+    let template = read(TEMPLATE);
+    assert!(
+        resources_of_type(&template, "AWS::EC2::Instance").is_empty(),
+        "no single instances"
+    );
+    let asg = resource(&template, "AutoScalingGroup");
+    for expected in [
+        "Type: AWS::AutoScaling::AutoScalingGroup",
+        "VPCZoneIdentifier: !Ref SubnetIds",
+        "LaunchTemplateId: !Ref LaunchTemplate",
+        "MinSize: !Ref InstanceCount",
+        "- !Ref ModuleTargetGroup",
+        "- !If [UseNlb, !Ref HttpsTargetGroup, !Ref AWS::NoValue]",
+    ] {
+        assert!(
+            asg.contains(expected),
+            "AutoScalingGroup lacks `{expected}`"
+        );
+    }
+    // The module name points at the internal NLB, and the QMC's URI uses the name.
+    assert!(resource(&template, "ModuleNlb").contains("Scheme: internal"));
+    let record = resource(&template, "ModuleDnsRecord");
+    assert!(record.contains("Name: !Ref ModuleName"));
+    assert!(record.contains("DNSName: !GetAtt ModuleNlb.DNSName"));
+    let outputs = &template[template.find("\nOutputs:\n").unwrap()..];
+    let uri = resource(outputs, "ModuleBaseUri");
+    assert!(
+        uri.contains("Value: !Sub https://${ModuleName}:8187/"),
+        "{uri}"
+    );
+    assert!(!template.contains("PrivateDnsName"), "no instance names");
+    // The Elastic IP follows a replacement instance.
+    let script = user_data_script(&read(TEMPLATE));
+    assert!(
+        script.contains("aws ec2 associate-address --allocation-id 'PLACEHOLDER_EipAllocationId'")
+    );
+    // The optional CloudWatch agent ships the journal and scrapes /metrics with the token.
+    let cw = resource(&template, "CloudWatchAgentConfig");
+    assert!(cw.contains("\"file_path\": \"/var/log/lb/lb.log\""));
+    assert!(cw.contains("\"prometheus\""));
+    for expected in [
+        "journalctl -u lb.service -f",
+        "credentials_file: /etc/lb/admin.token",
+        "targets: ['127.0.0.1:18001']",
+        "amazon-cloudwatch-agent-ctl -a fetch-config",
+    ] {
+        assert!(script.contains(expected), "user data lacks `{expected}`");
+    }
+}
+
+/// What the user data finds under /etc/lb when it writes lb.toml.
+struct Secrets {
+    qlik_client_cert: bool,
+    module_cert: bool,
+}
+
 /// Runs the part of the user data that writes `/etc/lb/lb.toml`, with `/etc/lb` moved into a
-/// scratch directory, and checks the result with the same parser `lb check` uses.
-fn generated_config(params: &[(&str, &str)], with_client_cert: bool) -> (String, TempDir) {
+/// scratch directory holding the files the secrets would give, and checks the result exactly
+/// as `lb check` does (certificates and keys loaded).
+fn generated_config(params: &[(&str, &str)], secrets: Secrets) -> (String, TempDir) {
     let template = read(TEMPLATE);
     let script = user_data_script_with(&template, &|name| {
         params
@@ -451,14 +615,33 @@ fn generated_config(params: &[(&str, &str)], with_client_cert: bool) -> (String,
     let dir = TempDir::new("config");
     let etc = dir.path().join("etc-lb");
     fs::create_dir_all(etc.join("qlik")).unwrap();
+    fs::create_dir_all(etc.join("tls/module")).unwrap();
     fs::write(etc.join("route.key"), "0123456789abcdef0123456789abcdef").unwrap();
     fs::write(
         etc.join("admin.token"),
         "00112233445566778899aabbccddeeff\n",
     )
     .unwrap();
-    if with_client_cert {
-        fs::write(etc.join("qlik/client.pem"), "pem").unwrap();
+    let pki = Pki::new();
+    pki.leaf(
+        &["qlik.example.com"],
+        &etc.join("tls/cert.pem"),
+        &etc.join("tls/key.pem"),
+    );
+    if secrets.module_cert {
+        pki.leaf(
+            &["lb-module.corp.example"],
+            &etc.join("tls/module/cert.pem"),
+            &etc.join("tls/module/key.pem"),
+        );
+    }
+    if secrets.qlik_client_cert {
+        pki.leaf(
+            &["lb1.corp.example"],
+            &etc.join("qlik/client.pem"),
+            &etc.join("qlik/client_key.pem"),
+        );
+        fs::write(etc.join("qlik/root.pem"), &pki.ca_pem).unwrap();
     }
     let block = script[start..end].replace("/etc/lb", &etc.display().to_string());
     let path = dir.path().join("gen.sh");
@@ -476,35 +659,42 @@ fn generated_config(params: &[(&str, &str)], with_client_cert: bool) -> (String,
         text(&out)
     );
     let toml = fs::read_to_string(etc.join("lb.toml")).expect("lb.toml written");
-    if let Err(e) = lb_config::Config::from_toml(&toml, &etc) {
-        panic!("generated lb.toml is refused:\n{e}\n--- lb.toml ---\n{toml}");
+    if let Err(e) = lb::check_config(&etc.join("lb.toml")) {
+        panic!("generated lb.toml fails lb check:\n{e}\n--- lb.toml ---\n{toml}");
     }
-    (toml, dir)
+    (toml.replace(&etc.display().to_string(), "/etc/lb"), dir)
 }
 
 #[test]
 fn template_writes_a_valid_config() {
-    // Behind the NLB, admin open to a CIDR, named nodes with zones, engine telemetry.
+    // Behind the NLB, named nodes with zones, engine telemetry, a module certificate.
     let (toml, _dir) = generated_config(
         &[
             ("AWS::StackName", "qlik-lb"),
             ("AdminCidr", "10.0.0.0/16"),
             ("EnableNlb", "true"),
+            ("ModuleName", "lb-module.corp.example"),
             ("NodeAddresses", "10.0.1.10,10.0.2.10:443"),
             ("QlikNodeNames", "qlik1.corp.example,qlik2.corp.example"),
             ("QlikNodeZones", "eu-west-1a,eu-west-1b"),
         ],
-        true,
+        Secrets {
+            qlik_client_cert: true,
+            module_cert: true,
+        },
     );
     for expected in [
         "proxy_protocol = \"required\"",
-        "address = \"0.0.0.0:18001\"",
+        // All addresses, so that the NLBs' health checks reach /ready; token required.
+        "address = \"0.0.0.0:18001\"\ntoken = \"00112233445566778899aabbccddeeff\"",
         "zone = \"eu-west-1a\"",
         "id = \"qlik1-corp-example\"",
         "address = \"10.0.1.10:443\"",
         "zone = \"eu-west-1b\"",
         "engine = \"https://qlik2.corp.example:4747/engine/healthcheck\"",
         "strategy = \"least-loaded\"",
+        "https://lb-module.corp.example:8187/",
+        "[module.tls]\ncert_file = \"/etc/lb/tls/module/cert.pem\"\nkey_file = \"/etc/lb/tls/module/key.pem\"",
     ] {
         assert!(
             toml.contains(expected),
@@ -512,23 +702,29 @@ fn template_writes_a_valid_config() {
         );
     }
 
-    // One instance on its own: no PROXY protocol, admin on loopback, anonymous nodes.
+    // One instance on its own: no PROXY protocol, anonymous nodes, the module serves the
+    // site certificate.
     let (toml, _dir) = generated_config(
         &[
             ("AWS::StackName", "qlik-lb"),
             ("AdminCidr", ""),
             ("EnableNlb", "false"),
+            ("ModuleName", "lb-module.corp.example"),
             ("NodeAddresses", "10.0.1.10"),
             ("QlikNodeNames", ""),
             ("QlikNodeZones", ""),
         ],
-        false,
+        Secrets {
+            qlik_client_cert: false,
+            module_cert: false,
+        },
     );
     for expected in [
         "proxy_protocol = \"off\"",
-        "address = \"127.0.0.1:18001\"",
+        "address = \"0.0.0.0:18001\"",
         "id = \"qps1\"",
         "strategy = \"least-connections\"",
+        "[module.tls]\ncert_file = \"/etc/lb/tls/cert.pem\"",
     ] {
         assert!(
             toml.contains(expected),
@@ -539,4 +735,152 @@ fn template_writes_a_valid_config() {
         !toml.contains("engine ="),
         "no telemetry without a client certificate"
     );
+}
+
+/// A throwaway CA and certificates signed by it, as PEM files.
+struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Qlik site root (test)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki {
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        }
+    }
+
+    /// Writes a certificate for `names` and its key to `cert` and `key`.
+    fn leaf(&self, names: &[&str], cert: &Path, key: &Path) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let signed = params.signed_by(&pair, &self.issuer).unwrap();
+        fs::create_dir_all(cert.parent().unwrap()).unwrap();
+        fs::write(cert, signed.pem()).unwrap();
+        fs::write(key, pair.serialize_pem()).unwrap();
+    }
+}
+
+/// `rel` with every `/etc/lb/` path moved under `etc` (files there are written by the caller),
+/// written next to them and checked with `lb check`'s own function (which also loads every
+/// certificate and key).
+fn check_relocated(rel: &str, etc: &Path) -> Result<lb_config::Config, String> {
+    let text = read(rel);
+    assert!(text.contains("/etc/lb/"), "{rel} names files under /etc/lb");
+    let moved = text.replace("/etc/lb/", &format!("{}/", etc.display()));
+    let path = etc.join("lb.toml");
+    fs::write(&path, moved).unwrap();
+    lb::check_config(&path).map_err(|e| format!("{rel} fails lb check:\n{e}"))
+}
+
+#[test]
+fn production_example_passes_lb_check() {
+    let dir = TempDir::new("production");
+    let etc = dir.path().join("etc-lb");
+    let pki = Pki::new();
+    pki.leaf(
+        &["qlik.example.com"],
+        &etc.join("tls/cert.pem"),
+        &etc.join("tls/key.pem"),
+    );
+    pki.leaf(
+        &["lb-module.corp.example"],
+        &etc.join("tls/module/cert.pem"),
+        &etc.join("tls/module/key.pem"),
+    );
+    pki.leaf(
+        &["lb1.corp.example"],
+        &etc.join("qlik/client.pem"),
+        &etc.join("qlik/client_key.pem"),
+    );
+    fs::write(etc.join("qlik/root.pem"), &pki.ca_pem).unwrap();
+    fs::write(etc.join("route.key"), "0123456789abcdef0123456789abcdef").unwrap();
+
+    let cfg =
+        check_relocated("deploy/examples/production.toml", &etc).unwrap_or_else(|e| panic!("{e}"));
+    // What the example promises in its comments.
+    assert_eq!(
+        cfg.listener.proxy_protocol,
+        lb_config::ProxyProtocolMode::Required
+    );
+    assert!(cfg.listener.tls.is_some(), "HTTPS for users");
+    assert_eq!(cfg.nodes.len(), 3, "three QPS nodes");
+    for n in &cfg.nodes {
+        assert!(
+            n.tls && n.server_name.is_some(),
+            "node {} over HTTPS by name",
+            n.id
+        );
+        assert!(
+            n.zone.is_some() && n.engine.is_some(),
+            "node {} zone, engine",
+            n.id
+        );
+    }
+    assert!(
+        cfg.upstream.ca_file.is_some(),
+        "nodes verified against the Qlik root CA"
+    );
+    let module = cfg.module.as_ref().expect("module API");
+    let module_tls = module.tls.as_ref().expect("module API over HTTPS");
+    assert!(
+        module_tls.client_ca_file.is_some(),
+        "module API requires client certificates"
+    );
+    let admin = cfg.admin.as_ref().expect("admin listener");
+    assert!(
+        !admin.address.ip().is_loopback() && admin.token.is_some(),
+        "admin reachable by the NLB, with a token"
+    );
+    assert!(cfg.balance.zone.is_some(), "zone");
+    assert!(
+        read("deploy/examples/production.toml").contains("Windows authentication port"),
+        "the place of the Windows authentication listener is marked"
+    );
+
+    // A file the example names and that is missing is reported with its key.
+    fs::remove_file(etc.join("tls/module/key.pem")).unwrap();
+    let err = check_relocated("deploy/examples/production.toml", &etc).unwrap_err();
+    assert!(
+        err.contains("module/key.pem"),
+        "missing key reported: {err}"
+    );
+}
+
+#[test]
+fn packaged_default_config_passes_lb_check() {
+    let dir = TempDir::new("default");
+    let etc = dir.path().join("etc-lb");
+    fs::create_dir_all(&etc).unwrap();
+    // The route key the package's postinst generates: 48 random bytes, base64.
+    fs::write(
+        etc.join("route.key"),
+        "c2l4dHktZm91ciBjaGFyYWN0ZXJzIG9mIGJhc2U2NCwgYXMgdGhlIHBvc3RpbnN0IHdyaXRlcw",
+    )
+    .unwrap();
+    let cfg = check_relocated("deploy/packaging/lb.toml", &etc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cfg.listener.address.ip().is_loopback(),
+        "the default config serves nobody until edited"
+    );
+    assert!(
+        cfg.sticky.route_key.is_some(),
+        "route key read from the file"
+    );
+
+    // Without the generated key file, the default config is refused.
+    fs::remove_file(etc.join("route.key")).unwrap();
+    let err = check_relocated("deploy/packaging/lb.toml", &etc).unwrap_err();
+    assert!(err.contains("sticky.route_key_file"), "{err}");
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "lb",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LB_GIT_COMMIT"), ")"),
     about = "Sticky, WebSocket-aware load balancer for Qlik Sense proxy nodes"
 )]
 struct Cli {
