@@ -152,9 +152,12 @@ async fn least_loaded_selection_follows_load_and_avoids_saturated_nodes() {
     sim.node(0).set_telemetry(telemetry(50.0, 10_000.0));
     sim.node(1).set_telemetry(telemetry(5.0, 30_000.0));
     sim.node(2).set_telemetry(telemetry(50.0, 10_000.0));
+    // `placement_spread = 0`: the best node always comes first (the default draws the first
+    // place among close nodes by headroom, see tests/placement.rs).
     let lb = start_lb_with_engines(
         &sim.addrs(),
-        "[balance]\nstrategy = \"least-loaded\"\n[telemetry]\ninterval = \"100ms\"\n",
+        "[balance]\nstrategy = \"least-loaded\"\n[telemetry]\ninterval = \"100ms\"\n\
+         [ranking]\nplacement_spread = 0\n",
     )
     .await;
     // Wait for telemetry to arrive.

@@ -7,7 +7,8 @@
 //!
 //! * the load balancing module API ([`Telemetry::module_source`], an
 //!   [`EngineSource`](lb_module_api::EngineSource) keyed by engine host and port);
-//! * the proxy's least-loaded selection ([`Telemetry::rank_ids`], keyed by node id);
+//! * the proxy's least-loaded selection ([`Telemetry::place_ids`], keyed by node id, through
+//!   a [`PlacementLedger`] of node picks: see [`Telemetry::place_ids`]);
 //! * the admin status ([`Telemetry::status`], [`Telemetry::all`]).
 //!
 //! State of an engine, computed when read:
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use lb_module_api::{EngineSample, EngineSource, EngineView, RankPolicy};
+use lb_module_api::{EngineSample, EngineSource, EngineView, PlacementLedger, RankPolicy};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -168,6 +169,8 @@ pub struct Telemetry {
     running: Mutex<HashMap<String, Running>>,
     policy: Arc<ArcSwap<RankPolicy>>,
     rotation: AtomicUsize,
+    /// Recent node picks of least-loaded selection (not shared with the module API's ledger).
+    node_placements: PlacementLedger,
     root: CancellationToken,
     tracker: TaskTracker,
 }
@@ -188,6 +191,7 @@ impl Telemetry {
             running: Mutex::new(HashMap::new()),
             policy: Arc::new(ArcSwap::from_pointee(RankPolicy::default())),
             rotation: AtomicUsize::new(0),
+            node_placements: PlacementLedger::new(),
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })
@@ -380,7 +384,7 @@ impl Telemetry {
 
     /// Rank nodes `ids` for a new session (of `app`, if known), most preferred first; see
     /// [`lb_module_api::rank`]. Ids without telemetry rank as unknown. Ties rotate between
-    /// calls.
+    /// calls. Records nothing: a pick goes through [`place_ids`](Self::place_ids).
     pub fn rank_ids(&self, ids: &[&str], app: Option<&str>, policy: &RankPolicy) -> Vec<usize> {
         let now = Instant::now();
         let registry = self.registry.load();
@@ -393,6 +397,54 @@ impl Telemetry {
             .collect();
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
         lb_module_api::rank(&views, app, policy, rotation)
+    }
+
+    /// Choose among nodes `ids` for a new session (of `app`, if known): the order, most
+    /// preferred first, from [`PlacementLedger::place`] over this telemetry's ledger of node
+    /// picks, which records the new session on the node ranked first until a sample of its
+    /// engine taken after the pick accounts for it. So a burst of new users ranked on the same
+    /// samples spreads over the close nodes in proportion to their headroom instead of herding
+    /// onto the one that looked best. Ids without telemetry rank as unknown (and record
+    /// nothing).
+    ///
+    /// With no `app` (least-loaded selection does not know which app a new user will open),
+    /// a pick counts one session's RAM and CPU and no app load: `placement_app_ram_mb` is for
+    /// the module API, which knows the app.
+    ///
+    /// The ledger is this telemetry's own, not the module API's: a node pick and the engine
+    /// pick the QPS asks the module for later are two decisions about one user (possibly on
+    /// different hosts), and one ledger would count that user twice.
+    pub fn place_ids(&self, ids: &[&str], app: Option<&str>, policy: &RankPolicy) -> Vec<usize> {
+        let now = Instant::now();
+        let registry = self.registry.load();
+        let views: Vec<EngineView> = ids
+            .iter()
+            .map(|id| match registry.by_id.get(*id) {
+                Some(slot) => slot.view(now),
+                None => EngineView::unknown(),
+            })
+            .collect();
+        drop(registry);
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let node_policy;
+        let policy = if app.is_none() && policy.placement_app_ram_mb != 0.0 {
+            node_policy = RankPolicy {
+                placement_app_ram_mb: 0.0,
+                ..policy.clone()
+            };
+            &node_policy
+        } else {
+            policy
+        };
+        self.node_placements
+            .place(ids, &views, app, policy, Some(rotation), now)
+    }
+
+    /// The load least-loaded selection placed on node `id` that its engine's telemetry does
+    /// not show yet.
+    pub fn node_pending(&self, id: &str) -> lb_module_api::Pending {
+        self.node_placements
+            .pending(id, &self.policy(), Instant::now())
     }
 
     /// The view of the engine named `host` (lowercase) and `port`, if it is a target or alias.

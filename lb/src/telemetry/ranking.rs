@@ -5,8 +5,10 @@ use std::sync::Arc;
 use super::Telemetry;
 use crate::upstream::LoadRanking;
 
-/// The ranking of nodes for least-loaded selection, from engine telemetry: `None` (the
-/// selector falls back to round robin) while no engine of the candidates is fresh.
+/// The ranking of nodes for least-loaded selection, from engine telemetry and the recent node
+/// picks ([`Telemetry::place_ids`]: each call records a new session on the node it puts
+/// first): `None` (the selector falls back to round robin) while no engine of the candidates
+/// is fresh.
 #[derive(Debug)]
 pub struct TelemetryRanking(pub Arc<Telemetry>);
 
@@ -16,6 +18,6 @@ impl LoadRanking for TelemetryRanking {
             return None;
         }
         let policy = self.0.policy();
-        Some(self.0.rank_ids(ids, None, &policy))
+        Some(self.0.place_ids(ids, None, &policy))
     }
 }

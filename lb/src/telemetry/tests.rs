@@ -674,3 +674,62 @@ fn jitter_stays_within_ten_percent() {
         assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100));
     }
 }
+
+#[tokio::test]
+async fn node_picks_are_counted_until_a_new_sample() {
+    let a = Server::start(Behaviour::Json(CURRENT.into())).await;
+    let b = Server::start(Behaviour::Json(CURRENT.into())).await;
+    let t = Telemetry::new();
+    // One sample each, the next one a minute away.
+    t.set_targets(
+        vec![
+            EngineTarget::new("a", a.url()),
+            EngineTarget::new("b", b.url()),
+        ],
+        settings(60_000, 1000),
+    )
+    .unwrap();
+    wait_for(&t, "a", "fresh", is_fresh).await;
+    wait_for(&t, "b", "fresh", is_fresh).await;
+    let policy = RankPolicy::default();
+
+    // The pure ranking records nothing.
+    for _ in 0..5 {
+        t.rank_ids(&["a", "b"], None, &policy);
+    }
+    assert!(t.node_pending("a").is_empty() && t.node_pending("b").is_empty());
+
+    // Picks are recorded on the node put first: a session's RAM and CPU, no app RAM (the
+    // app is unknown), and they spread over two equal nodes.
+    let mut firsts = [0u32; 2];
+    for _ in 0..20 {
+        firsts[t.place_ids(&["a", "b", "missing"], None, &policy)[0]] += 1;
+    }
+    let (pa, pb) = (t.node_pending("a"), t.node_pending("b"));
+    assert_eq!((pa.sessions, pb.sessions), (firsts[0], firsts[1]));
+    assert_eq!(pa.sessions + pb.sessions, 20);
+    assert!(firsts[0] >= 5 && firsts[1] >= 5, "{firsts:?}");
+    let want = f64::from(pa.sessions) * policy.placement_session_ram_mb;
+    assert!((pa.ram_mb - want).abs() < 1e-6, "{pa:?}");
+    assert!(t.node_pending("missing").is_empty());
+
+    // A new sample of a accounts for its RAM and sessions (its CPU fades with the window).
+    t.set_targets(
+        vec![
+            EngineTarget::new("a", a.url()),
+            EngineTarget::new("b", b.url()),
+        ],
+        settings(20, 1000),
+    )
+    .unwrap();
+    let before = t.status("a").unwrap().at;
+    wait_for(&t, "a", "a new sample", |s| {
+        s.state == TelemetryState::Fresh && s.at != before
+    })
+    .await;
+    t.place_ids(&["a"], None, &policy);
+    let pa = t.node_pending("a");
+    assert_eq!(pa.sessions, 1, "only the new pick: {pa:?}");
+    assert!((pa.ram_mb - policy.placement_session_ram_mb).abs() < 1e-6);
+    t.shutdown();
+}
