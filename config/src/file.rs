@@ -278,6 +278,8 @@ pub struct AdminFile {
     pub address: String,
     #[serde(default)]
     pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -190,6 +190,7 @@ pub struct Shutdown {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// The bearer token: `admin.token`, or the content of `admin.token_file` (trimmed).
     pub token: Option<String>,
 }
 

@@ -349,3 +349,57 @@ fn node_authority_and_tls_name_come_out_typed() {
         ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
     );
 }
+
+#[test]
+fn admin_token_file() {
+    let dir = std::env::temp_dir().join(format!("lb-config-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = |admin: &str| format!("{MIN}\n[admin]\naddress = \"0.0.0.0:18001\"\n{admin}");
+    let load = |admin: &str| Config::from_toml(&cfg(admin), &dir);
+
+    // Read, with the trailing newline trimmed; relative to the configuration's folder.
+    std::fs::write(dir.join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    let c = load("token_file = \"admin.token\"\n").unwrap();
+    assert_eq!(
+        c.admin.unwrap().token.as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    std::fs::write(dir.join("admin.token"), "0123456789abcdef0123\r\n").unwrap();
+    let c = load("token_file = \"admin.token\"\n").unwrap();
+    assert_eq!(
+        c.admin.unwrap().token.as_deref(),
+        Some("0123456789abcdef0123")
+    );
+
+    // Not both.
+    let e = load("token = \"0123456789abcdef0123\"\ntoken_file = \"admin.token\"\n").unwrap_err();
+    assert_eq!(e.0[0].path, "admin.token");
+    assert!(e.0[0].message.contains("not both"), "{e}");
+
+    // Missing, not a regular file, empty, too large, more than the token: errors naming the key.
+    for (content, want) in [
+        (None, "cannot read"),
+        (Some(&b"\n"[..]), "is empty"),
+        (Some(&b""[..]), "is empty"),
+        (Some(&[b'k'; 5000][..]), "larger than"),
+        (Some(&b"0123456789abcdef\nsecond line\n"[..]), "one line"),
+    ] {
+        let _ = std::fs::remove_file(dir.join("admin.token"));
+        if let Some(c) = content {
+            std::fs::write(dir.join("admin.token"), c).unwrap();
+        }
+        let e = load("token_file = \"admin.token\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "admin.token_file", "{e}");
+        assert!(e.0[0].message.contains(want), "{want}: {e}");
+    }
+    let e = load("token_file = \"/dev/zero\"\n").unwrap_err();
+    assert_eq!(e.0[0].path, "admin.token_file");
+    assert!(e.0[0].message.contains("not a regular file"), "{e}");
+
+    // A token too short for a non-loopback listener is reported on the key it came from.
+    std::fs::write(dir.join("admin.token"), "short\n").unwrap();
+    let e = load("token_file = \"admin.token\"\n").unwrap_err();
+    assert_eq!(e.0[0].path, "admin.token_file");
+    assert!(e.0[0].message.contains("at least 16"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -806,6 +806,11 @@ fn production_example_passes_lb_check() {
     );
     fs::write(etc.join("qlik/root.pem"), &pki.ca_pem).unwrap();
     fs::write(etc.join("route.key"), "0123456789abcdef0123456789abcdef").unwrap();
+    fs::write(
+        etc.join("admin.token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
 
     let cfg =
         check_relocated("deploy/examples/production.toml", &etc).unwrap_or_else(|e| panic!("{e}"));

@@ -95,7 +95,7 @@ impl Validator<'_> {
 
 /// Reads a regular file of at most `max` bytes (a key file): a FIFO, a device or a huge file
 /// is an error, not a hang.
-fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub(super) fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     if !meta.is_file() {
@@ -111,7 +111,7 @@ fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn trim_bytes(b: &[u8]) -> &[u8] {
+pub(super) fn trim_bytes(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
