@@ -110,6 +110,10 @@ pub struct Listener {
     pub tls: Option<Tls>,
     pub redirect_address: Option<SocketAddr>,
     pub hsts_max_age: Duration,
+    /// Longest wait between two reads of a request body (0: none).
+    pub body_timeout: Duration,
+    /// Longest a response write to the client may stay blocked (0: none).
+    pub send_timeout: Duration,
 }
 
 /// Certificate files of an HTTPS listener (read and checked by `lb` when it compiles the

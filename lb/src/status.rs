@@ -7,12 +7,15 @@
 //! | [`ProxyError::NoNode`] | 503 | no node can take the request (all down, in maintenance or draining) |
 //! | [`ProxyError::Connect`] | 502 | the node could not be reached (and no other could take the request) |
 //! | [`ProxyError::Upstream`] | 502 | the node failed mid-request (reset, garbage, early close) |
-//! | [`ProxyError::Timeout`] | 504 | the node sent no response headers within `upstream.response_timeout` |
+//! | [`ProxyError::Timeout`] | 504 | the node sent no response headers within `upstream.response_timeout` of the end of the request body |
 //! | [`ProxyError::HeadersTooLarge`] | 431 | the request head is larger than `listener.max_header_bytes` |
 //! | [`ProxyError::BodyTooLarge`] | 413 | `Content-Length` above `listener.max_body_bytes` (a chunked body over it is cut: the node sees an aborted request) |
 //! | [`ProxyError::MissingHost`] | 400 | no `Host` while `listener.allowed_hosts` is set |
 //! | [`ProxyError::HostNotAllowed`] | 421 | the host is not in `listener.allowed_hosts` |
 //! | [`ProxyError::OriginNotAllowed`] | 403 | a WebSocket upgrade whose `Origin` is missing or not allowed |
+//! | [`ProxyError::BadBody`] | 400 | the request body was malformed (broken chunked encoding) or cut short by the client |
+//! | [`ProxyError::BodyTimeout`] | 408 | nothing of the request body arrived for `listener.body_timeout` |
+//! | [`ProxyError::BadRequest`] | 400 | a malformed head: two `Host` headers, HTTP/1.1 without `Host`, an `Upgrade` other than `websocket` |
 //!
 //! Before HTTP, on a connection the proxy listener refuses ([`Refusal`], raw bytes written
 //! without reading the request): 503 at `listener.max_connections`, 429 at
@@ -48,6 +51,23 @@ pub enum ProxyError {
     HostNotAllowed,
     #[error("WebSocket Origin missing or not in listener.websocket_origins")]
     OriginNotAllowed,
+    #[error("request body malformed or cut short by the client")]
+    BadBody,
+    #[error("request body stalled longer than listener.body_timeout")]
+    BodyTimeout,
+    #[error("malformed request head")]
+    BadRequest(&'static str),
+}
+
+impl From<crate::upstream::request_body::ClientFault> for ProxyError {
+    fn from(f: crate::upstream::request_body::ClientFault) -> Self {
+        use crate::upstream::request_body::ClientFault;
+        match f {
+            ClientFault::Broken => ProxyError::BadBody,
+            ClientFault::TimedOut => ProxyError::BodyTimeout,
+            ClientFault::TooLarge => ProxyError::BodyTooLarge,
+        }
+    }
 }
 
 impl ProxyError {
@@ -61,6 +81,8 @@ impl ProxyError {
             ProxyError::MissingHost => StatusCode::BAD_REQUEST,
             ProxyError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::BadBody | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -76,12 +98,21 @@ impl ProxyError {
             ProxyError::MissingHost => "400 Bad Request: no Host header\n",
             ProxyError::HostNotAllowed => "421 Misdirected Request: this host is not served here\n",
             ProxyError::OriginNotAllowed => "403 Forbidden: WebSocket origin not allowed\n",
+            ProxyError::BadBody => "400 Bad Request: malformed or incomplete request body\n",
+            ProxyError::BodyTimeout => "408 Request Timeout: the request body stalled\n",
+            ProxyError::BadRequest(why) => why,
         }
     }
 
     /// The response the client gets; also logs the cause and counts it.
     pub fn response(&self) -> Response<Full<Bytes>> {
-        tracing::warn!(status = self.status().as_u16(), "{self}");
+        // A client's mistake is routine (scanners, broken clients): only the balancer's and the
+        // nodes' failures are warnings.
+        if self.status().is_server_error() {
+            tracing::warn!(status = self.status().as_u16(), "{self}");
+        } else {
+            tracing::debug!(status = self.status().as_u16(), "{self}");
+        }
         metrics::counter!("lb_proxy_errors_total", "kind" => self.kind()).increment(1);
         let mut r = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
         *r.status_mut() = self.status();
@@ -91,7 +122,14 @@ impl ProxyError {
         );
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, ProxyError::HeadersTooLarge | ProxyError::BodyTooLarge) {
+        if matches!(
+            self,
+            ProxyError::HeadersTooLarge
+                | ProxyError::BodyTooLarge
+                | ProxyError::BadBody
+                | ProxyError::BodyTimeout
+                | ProxyError::BadRequest(_)
+        ) {
             // The rest of what the client sent cannot be trusted to frame a next request.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -110,6 +148,9 @@ impl ProxyError {
             ProxyError::MissingHost => "missing_host",
             ProxyError::HostNotAllowed => "host_not_allowed",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
+            ProxyError::BadBody => "bad_body",
+            ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::BadRequest(_) => "bad_request",
         }
     }
 }

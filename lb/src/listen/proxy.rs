@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_config::ProxyProtocolMode;
 use tokio::net::TcpStream;
 
+use super::write_watch::WriteWatch;
 use super::{refuse, Accepted};
 use crate::proxy::{self, ConnInfo};
 use crate::state::State;
@@ -177,11 +178,12 @@ where
 {
     state.open_connections.fetch_add(1, Ordering::Relaxed);
     state.metrics_handles.open_connections.increment(1.0);
-    let (header_timeout, max_header) = {
+    let (header_timeout, max_header, send_timeout) = {
         let snap = state.snapshot.load();
         (
             snap.config.listener.header_read_timeout,
             snap.config.listener.max_header_bytes,
+            snap.config.listener.send_timeout,
         )
     };
     let svc_state = state.clone();
@@ -193,7 +195,7 @@ where
         .max_buf_size(max_header)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(WriteWatch::new(stream, send_timeout)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

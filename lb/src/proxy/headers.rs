@@ -3,7 +3,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
@@ -152,7 +151,8 @@ pub fn rewrite(
     } else {
         usize::MAX
     };
-    Request::from_parts(parts, Either::Left(Limited::new(body, limit)))
+    let body = UpBody::client(body, limit, snap.config.listener.body_timeout);
+    Request::from_parts(parts, body)
 }
 
 /// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never
