@@ -289,6 +289,8 @@ pub struct AdminFile {
     pub address: String,
     #[serde(default)]
     pub token: Option<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

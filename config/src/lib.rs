@@ -195,6 +195,8 @@ pub struct Shutdown {
 pub struct Admin {
     pub address: SocketAddr,
     pub token: Option<String>,
+    /// Host names (lowercase) the admin API answers to besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,12 +10,12 @@
 //! | [`ProxyError::Timeout`] | 504 | the node sent no response headers within `upstream.response_timeout` of the end of the request body |
 //! | [`ProxyError::HeadersTooLarge`] | 431 | the request head is larger than `listener.max_header_bytes` |
 //! | [`ProxyError::BodyTooLarge`] | 413 | `Content-Length` above `listener.max_body_bytes` (a chunked body over it is cut: the node sees an aborted request) |
-//! | [`ProxyError::MissingHost`] | 400 | no `Host` while `listener.allowed_hosts` is set |
+//! | [`ProxyError::MissingHost`] | 400 | no `Host` in HTTP/1.1, or none while `listener.allowed_hosts` is set |
 //! | [`ProxyError::HostNotAllowed`] | 421 | the host is not in `listener.allowed_hosts` |
 //! | [`ProxyError::OriginNotAllowed`] | 403 | a WebSocket upgrade whose `Origin` is missing or not allowed |
 //! | [`ProxyError::BadBody`] | 400 | the request body was malformed (broken chunked encoding) or cut short by the client |
 //! | [`ProxyError::BodyTimeout`] | 408 | nothing of the request body arrived for `listener.body_timeout` |
-//! | [`ProxyError::BadRequest`] | 400 | a malformed head: two `Host` headers, HTTP/1.1 without `Host`, an `Upgrade` other than `websocket` |
+//! | [`ProxyError::BadRequest`] | 400 | a malformed head: two `Host` headers |
 //!
 //! Before HTTP, on a connection the proxy listener refuses ([`Refusal`], raw bytes written
 //! without reading the request): 503 at `listener.max_connections`, 429 at
@@ -24,7 +24,9 @@
 //! The HTTP-to-HTTPS redirect listener ([`redirect_to_https`]): 308 to the same host and path,
 //! 400 without a usable `Host`.
 //!
-//! The admin API ([`AdminError`] and the constants below): 401 without the right token, 404 for
+//! The admin API ([`AdminError`] and the constants below): 401 without the right token, 403 for
+//! a cross-site request (a `Host` not the admin listener's, a foreign `Origin` or
+//! `Sec-Fetch-Site`, a form content type on a POST), 404 for
 //! an unknown route or node, 422 for a refused reload, 503 from `/ready` while not ready.
 
 use bytes::Bytes;
@@ -225,6 +227,8 @@ pub enum AdminError {
     NoSuchRoute,
     /// 404.
     UnknownNode(String),
+    /// 403: a cross-site or DNS-rebinding request (what was wrong with it).
+    CrossSite(&'static str),
 }
 
 impl AdminError {
@@ -232,6 +236,7 @@ impl AdminError {
         match self {
             AdminError::MissingToken | AdminError::WrongToken => StatusCode::UNAUTHORIZED,
             AdminError::NoSuchRoute | AdminError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -243,6 +248,7 @@ impl AdminError {
             AdminError::WrongToken => "wrong bearer token".into(),
             AdminError::NoSuchRoute => "no such route".into(),
             AdminError::UnknownNode(id) => format!("no node with id {id:?}"),
+            AdminError::CrossSite(why) => format!("cross-site request refused: {why}"),
         }
     }
 }

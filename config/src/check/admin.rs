@@ -8,6 +8,11 @@ impl Validator<'_> {
         let admin = Admin {
             address: self.addr("admin.address", &a.address),
             token: a.token.clone(),
+            allowed_hosts: a
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
         };
         if !admin.address.ip().is_loopback() && admin.token.as_deref().unwrap_or("").len() < 16 {
             self.err(

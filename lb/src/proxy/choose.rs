@@ -39,9 +39,21 @@ pub struct Choice {
     pub pos: NodePos,
     pub decision: Decision,
     pub pins: Pins,
+    /// The request's first `Cookie` header (a shared handle, no copy): a node that removes a
+    /// session cookie names it, and the table forgets the value the request carried under
+    /// that name.
+    pub cookie: Option<http::HeaderValue>,
 }
 
 impl Choice {
+    /// The value of the request's cookie `name`, if it carried one.
+    pub fn request_cookie(&self, name: &[u8]) -> Option<&[u8]> {
+        let v = self.cookie.as_ref()?;
+        cookie::pairs(v.as_bytes())
+            .find(|(n, _)| **n == *name)
+            .map(|(_, v)| v)
+    }
+
     /// The request carries a valid route cookie for the node that serves it (no new cookie).
     pub fn route_cookie_current(&self) -> bool {
         self.pins.route == RoutePin::Valid(self.pos)
@@ -94,6 +106,7 @@ pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Cho
         pos,
         decision,
         pins,
+        cookie: headers.get(header::COOKIE).cloned(),
     })
 }
 

@@ -70,8 +70,10 @@ fn learn(state: &State, snap: &Snapshot, node: &Node, headers: &HeaderMap, choic
             continue;
         }
         if c.removes {
-            if let Some((_, key)) = &choice.pins.learned {
-                state.sticky.forget_key(key);
+            // Forget the session the request carried under the removed cookie's name (another
+            // session cookie of the request stays pinned).
+            if let Some(value) = choice.request_cookie(c.name).filter(|v| !v.is_empty()) {
+                state.sticky.forget(value);
             }
         } else {
             state.sticky.learn(c.value, node.state.idx.0);
