@@ -19,7 +19,8 @@
 //!
 //! Before HTTP, on a connection the proxy listener refuses ([`Refusal`], raw bytes written
 //! without reading the request): 503 at `listener.max_connections`, 429 at
-//! `listener.max_connections_per_client`.
+//! `listener.max_connections_per_client`. An HTTPS listener closes such a connection instead
+//! (plain text would be garbage to a TLS handshake).
 //!
 //! The HTTP-to-HTTPS redirect listener ([`redirect_to_https`]): 308 to the same host and path,
 //! 400 without a usable `Host`.

@@ -20,7 +20,7 @@ use crate::sticky::cookie;
 pub fn respond(
     state: &Arc<State>,
     snap: &Snapshot,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     choice: &Choice,
     sent: Sent,
     client_upgrade: Option<OnUpgrade>,
@@ -37,6 +37,8 @@ pub fn respond(
                 client_upgrade,
                 node_upgrade,
                 upgrade_handle,
+                // The client connection stays counted in the limits while its tunnel lives.
+                conn.clone(),
             );
         }
         return resp.map(Either::Left);

@@ -72,6 +72,7 @@ pub(crate) fn spawn(
     client: OnUpgrade,
     node_upgrade: OnUpgrade,
     node_conn: Option<SendRequest<UpBody>>,
+    keep: impl Send + Sync + 'static,
 ) {
     let node_state = node.state.clone();
     let idle = snap.config.websocket.idle_timeout;
@@ -105,6 +106,7 @@ pub(crate) fn spawn(
         gauges.open_tunnels.decrement(1.0);
         metrics::counter!("lb_websockets_closed_total", "reason" => end.as_str()).increment(1);
         tracing::debug!(node = %node_state.id, end = end.as_str(), to_node, to_client, "websocket closed");
+        drop(keep);
     };
     tracker.spawn(fut);
 }
