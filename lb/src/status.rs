@@ -267,3 +267,52 @@ impl axum::response::IntoResponse for AdminError {
         r
     }
 }
+
+#[cfg(test)]
+mod log_level_tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::ProxyError;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A scanner's 4xx are not warnings (they would flood the log); the balancer's 5xx are.
+    #[test]
+    fn client_errors_are_not_warnings() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            for e in [
+                ProxyError::MissingHost,
+                ProxyError::HostNotAllowed,
+                ProxyError::OriginNotAllowed,
+                ProxyError::HeadersTooLarge,
+                ProxyError::BodyTooLarge,
+                ProxyError::BadBody,
+                ProxyError::BodyTimeout,
+            ] {
+                let _ = e.response();
+            }
+            let _ = ProxyError::NoNode.response();
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("503"), "{text}");
+    }
+}
