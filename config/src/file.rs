@@ -107,6 +107,17 @@ pub struct ListenerFile {
     pub redirect_address: Option<String>,
     #[serde(default = "d_hsts")]
     pub hsts_max_age: Dur,
+    #[serde(default = "d_body_timeout")]
+    pub body_timeout: Dur,
+    #[serde(default = "d_send_timeout")]
+    pub send_timeout: Dur,
+}
+
+fn d_body_timeout() -> Dur {
+    secs(60)
+}
+fn d_send_timeout() -> Dur {
+    secs(60)
 }
 
 fn d_hsts() -> Dur {
@@ -280,6 +291,7 @@ pub struct AdminFile {
     pub token: Option<String>,
     #[serde(default)]
     pub token_file: Option<String>,
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

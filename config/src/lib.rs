@@ -110,6 +110,10 @@ pub struct Listener {
     pub tls: Option<Tls>,
     pub redirect_address: Option<SocketAddr>,
     pub hsts_max_age: Duration,
+    /// Longest wait between two reads of a request body (0: none).
+    pub body_timeout: Duration,
+    /// Longest a response write to the client may stay blocked (0: none).
+    pub send_timeout: Duration,
 }
 
 /// Certificate files of an HTTPS listener (read and checked by `lb` when it compiles the
@@ -192,6 +196,8 @@ pub struct Admin {
     pub address: SocketAddr,
     /// The bearer token: `admin.token`, or the content of `admin.token_file` (trimmed).
     pub token: Option<String>,
+    /// Host names (lowercase) the admin API answers to besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

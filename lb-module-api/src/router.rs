@@ -139,11 +139,12 @@ fn prioritize_with(
                         .unwrap_or_else(EngineView::unknown),
                 );
             }
-            None => {
-                tracing::warn!(entry = %entry, "engine entry is not host:port or a URI; kept last");
-                unparsed.push(i);
-            }
+            None => unparsed.push(i),
         }
+    }
+    if let Some(note) = unparsed_note(&qlik_sense_engines, &unparsed) {
+        // One line per request, whatever the body holds.
+        tracing::warn!("{note}");
     }
     let policy = source.policy();
     let app = (!app_name.is_empty()).then_some(app_name.as_str());
@@ -397,6 +398,50 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             count("bad_request");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
+    }
+}
+
+/// Longest part of an unparsable engine entry a log line shows.
+const NOTE_ENTRY_CHARS: usize = 64;
+
+/// The one log line for a request's unparsable engine entries: how many, and the first one
+/// escaped (no newline or control character reaches the log) and cut to
+/// [`NOTE_ENTRY_CHARS`]. `None` when every entry parsed.
+pub fn unparsed_note(entries: &[String], unparsed: &[usize]) -> Option<String> {
+    let first = entries.get(*unparsed.first()?)?;
+    let cut: String = first.chars().take(NOTE_ENTRY_CHARS).collect();
+    let more = if first.chars().count() > NOTE_ENTRY_CHARS {
+        "..."
+    } else {
+        ""
+    };
+    Some(format!(
+        "{} engine entr{} not host:port or a URI, kept last; first: {}{more}",
+        unparsed.len(),
+        if unparsed.len() == 1 {
+            "y is"
+        } else {
+            "ies are"
+        },
+        cut.escape_debug()
+    ))
+}
+
+#[cfg(test)]
+mod unparsed_note_tests {
+    use super::unparsed_note;
+
+    #[test]
+    fn one_escaped_truncated_line() {
+        assert_eq!(unparsed_note(&["a:1".into()], &[]), None);
+        let evil = format!("x\nFAKE LOG LINE\r\n{}", "y".repeat(70_000));
+        let entries = vec!["ok:1".to_string(), evil, "z\n".into()];
+        let note = unparsed_note(&entries, &[1, 2]).unwrap();
+        assert!(!note.contains('\n') && !note.contains('\r'), "{note}");
+        assert!(note.starts_with("2 engine entries are not"), "{note}");
+        assert!(note.contains("x\\nFAKE LOG LINE\\r\\n"), "{note}");
+        assert!(note.len() < 200, "{} bytes", note.len());
+        assert!(note.ends_with("..."));
     }
 }
 

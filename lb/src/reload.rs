@@ -26,6 +26,21 @@ impl State {
         }
     }
 
+    /// Checks and applies `bytes`, the content of the file `path` as the watcher read it once
+    /// it had settled (relative paths resolve against the file's directory).
+    pub fn reload_from_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => return Err(self.refuse(format!("{}: not UTF-8: {e}", path.display()))),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        match Config::from_toml(text, base) {
+            Ok(c) => self.apply(c),
+            Err(e) => Err(self.refuse(e.to_string())),
+        }
+    }
+
     /// Re-reads the file the balancer was started from.
     pub fn reload_file(&self) -> Result<(), String> {
         match &self.config_path {
@@ -46,6 +61,9 @@ impl State {
         let bound = *self.bound.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(moved) = listeners_kept(&old.config, &config, &bound) {
             return Err(self.refuse(moved));
+        }
+        if let Err(e) = restart_settings_kept(&old.config, &config) {
+            return Err(self.refuse(e));
         }
         if config.sticky.route_key.is_some()
             && config.sticky.route_key != old.config.sticky.route_key
@@ -97,6 +115,36 @@ impl State {
             error: Some(msg.clone()),
         }));
         msg
+    }
+}
+
+/// Settings read when a listener starts: a change is refused with the key named, rather than
+/// reported as applied. The redirect listener's address, and the module API's TLS, base path
+/// and body limit (its router is built at start).
+fn restart_settings_kept(old: &Config, new: &Config) -> Result<(), String> {
+    let mut changed = Vec::new();
+    if old.listener.redirect_address != new.listener.redirect_address {
+        changed.push("listener.redirect_address");
+    }
+    // Adding or removing the module listener is refused as an address change.
+    if let (Some(a), Some(b)) = (&old.module, &new.module) {
+        if a.tls != b.tls {
+            changed.push("module.tls");
+        }
+        if a.base_path != b.base_path {
+            changed.push("module.base_path");
+        }
+        if a.body_limit != b.body_limit {
+            changed.push("module.body_limit");
+        }
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: this change needs a restart (the running configuration stays)",
+            changed.join(", ")
+        ))
     }
 }
 

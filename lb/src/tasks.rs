@@ -60,14 +60,45 @@ pub async fn watch_config(state: Arc<State>, path: PathBuf) {
             _ = state.shutdown.cancelled() => return,
             ev = rx.recv() => if ev.is_none() { return },
         }
-        // Only a change of content reloads (a touch or a rename of the same text does not).
-        let now = std::fs::read(&path).ok();
-        if now.is_some() && now != last {
-            last = now;
+        // Only a change of content reloads (a touch or a rename of the same text does not),
+        // and only once the content has settled: a file still being written is not applied.
+        let Some(now) = settled(&path, &state).await else {
+            continue;
+        };
+        if Some(&now) != last.as_ref() {
             tracing::info!("{} changed: reloading", path.display());
-            let _ = state.reload_from(&path);
+            let _ = state.reload_from_bytes(&path, &now);
+            last = Some(now);
         }
     }
+}
+
+/// How long a changed file must stay the same before it is applied.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Reads of a file that keeps changing before the watcher waits for the next event.
+const SETTLE_TRIES: usize = 20;
+
+/// The file's content once two reads [`SETTLE`] apart agree (a writer that writes in pieces,
+/// or truncates then writes, is waited for: a truncated file that happens to parse would
+/// otherwise remove nodes). `None` when it cannot be read or does not settle.
+async fn settled(path: &std::path::Path, state: &State) -> Option<Vec<u8>> {
+    let mut prev = tokio::fs::read(path).await.ok()?;
+    for _ in 0..SETTLE_TRIES {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(SETTLE) => {}
+        }
+        let now = tokio::fs::read(path).await.ok()?;
+        if now == prev {
+            return Some(now);
+        }
+        prev = now;
+    }
+    tracing::warn!(
+        "{} keeps changing: not reloaded until it settles",
+        path.display()
+    );
+    None
 }
 
 /// Expires idle learned sessions and keeps the table within its bound.

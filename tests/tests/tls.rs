@@ -398,7 +398,7 @@ async fn module_listener_can_require_a_client_certificate() {
 /// Reads `lb_health_checks_total{node, result}` from the admin API's metrics.
 async fn health_checks(admin: SocketAddr, node: &str, result: &str) -> u64 {
     let mut s = TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();

@@ -14,6 +14,11 @@ impl Validator<'_> {
         let admin = Admin {
             address,
             token: self.admin_token(a),
+            allowed_hosts: a
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
         };
         // A token that could not be read is reported once, above.
         let token_failed = self.errors.len() > errors;

@@ -1,6 +1,8 @@
 //! `[listener]`: the proxy's own address, limits, trusted proxies, host and origin lists,
 //! HTTPS and the HTTP-to-HTTPS redirect.
 
+use std::time::Duration;
+
 use super::{Validator, DAY, MS};
 use crate::{file, Listener};
 
@@ -28,6 +30,18 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|a| self.addr("listener.redirect_address", a)),
             hsts_max_age: l.hsts_max_age.0,
+            body_timeout: self.dur(
+                "listener.body_timeout",
+                &l.body_timeout,
+                Duration::ZERO,
+                DAY,
+            ),
+            send_timeout: self.dur(
+                "listener.send_timeout",
+                &l.send_timeout,
+                Duration::ZERO,
+                DAY,
+            ),
         };
         listener.trusted_proxies = self.trusted_proxies(&l.trusted_proxies);
         listener.allowed_hosts = self.allowed_hosts(&l.allowed_hosts);

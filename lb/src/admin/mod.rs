@@ -16,6 +16,10 @@
 //! `WWW-Authenticate: Bearer`. The page holds no data: it asks for the token when `/status`
 //! answers 401.
 //!
+//! Cross-site requests (a foreign `Host` without a token, a foreign `Origin` or `Sec-Fetch-Site`,
+//! a form content type on a POST) get 403: see [`same_site`]. The token is the current
+//! configuration's, so a reload rotates it.
+//!
 //! Admin states live in the node's [`NodeState`](crate::upstream::NodeState), so they survive
 //! reloads.
 
@@ -90,7 +94,87 @@ pub fn router(ctx: AdminCtx) -> Router {
         .route("/ready", get(get_ready))
         .merge(protected)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), same_site))
         .with_state(app)
+}
+
+/// Refuses what a browser sends on behalf of another site (HAProxy and Envoy admin endpoints
+/// are not meant for browsers either): a web page the operator opens must not POST to
+/// `/nodes/<id>/maint`, and DNS rebinding must not read `/status`.
+///
+/// - Without `[admin] token`: the `Host` must be an IP literal, `localhost` or a name of
+///   `admin.allowed_hosts` (a rebinding attack needs a host name of its own).
+/// - Every request but `GET`/`HEAD`: a `Sec-Fetch-Site` other than `same-origin`/`none`, an
+///   `Origin` other than the request's own host, or a form content type (what an HTML form or
+///   a preflight-free cross-site `fetch` can send) is refused. `curl -X POST` sends none of
+///   them and passes.
+async fn same_site(Extract(app): AppState, req: Request, next: Next) -> Response {
+    match cross_site(&app, &req) {
+        Some(why) => {
+            tracing::debug!(path = req.uri().path(), "admin request refused: {why}");
+            AdminError::CrossSite(why).into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+fn cross_site(app: &App, req: &Request) -> Option<&'static str> {
+    let h = req.headers();
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let snap = app.ctx.state.snapshot.load();
+    let admin = snap.config.admin.as_ref();
+    if current_token(app).is_none() {
+        let Some(host) = host else {
+            return Some("no Host header");
+        };
+        let name = crate::proxy::headers::strip_port(host);
+        let allowed = name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || admin.is_some_and(|a| a.allowed_hosts.iter().any(|n| n.eq_ignore_ascii_case(name)));
+        if !allowed {
+            return Some("Host is not the admin listener's (see admin.allowed_hosts)");
+        }
+    }
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return None;
+    }
+    if let Some(site) = h.get("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return Some("Sec-Fetch-Site is not same-origin");
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin
+            .split_once("://")
+            .map(|(_, a)| a.trim_end_matches('/'));
+        if !authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h))) {
+            return Some("Origin is another site");
+        }
+    }
+    if let Some(ct) = h.get(header::CONTENT_TYPE) {
+        let media = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "text/plain",
+        ]
+        .iter()
+        .any(|f| media.eq_ignore_ascii_case(f))
+        {
+            return Some("a form content type on a state-changing request");
+        }
+    }
+    None
 }
 
 /// Serves `router` on `listener` (through the balancer's one accept loop) until `stop`
@@ -118,12 +202,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// The token of the current configuration: a reload rotates it (a router built without an
+/// `[admin]` section keeps the token it was given).
+fn current_token(app: &App) -> Option<[u8; 32]> {
+    let snap = app.ctx.state.snapshot.load();
+    match &snap.config.admin {
+        Some(a) => a.token.as_deref().filter(|t| !t.is_empty()).map(digest),
+        None => app.token_digest,
+    }
+}
+
 fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
 async fn auth(Extract(app): AppState, req: Request, next: Next) -> Response {
-    let Some(want) = &app.token_digest else {
+    let current = current_token(&app);
+    let Some(want) = current.as_ref() else {
         return next.run(req).await;
     };
     let offered = req

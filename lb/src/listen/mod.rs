@@ -9,6 +9,9 @@
 
 pub mod proxy;
 pub mod proxy_protocol;
+mod write_watch;
+
+pub(crate) use write_watch::WriteWatch;
 
 use std::future::Future;
 use std::net::SocketAddr;

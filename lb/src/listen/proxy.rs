@@ -15,68 +15,108 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_config::ProxyProtocolMode;
 use tokio::net::TcpStream;
 
+use super::write_watch::WriteWatch;
 use super::{refuse, Accepted};
 use crate::proxy::{self, ConnInfo};
 use crate::state::State;
 use crate::status::Refusal;
 
-/// Takes or refuses an accepted connection (`listener.max_connections`).
+/// Takes or refuses an accepted connection (`listener.max_connections`). A connection counts
+/// from here to its very end: through the PROXY header and the TLS handshake, and on in its
+/// WebSocket tunnel after an upgrade.
 pub fn accept(
     state: &Arc<State>,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Accepted<impl Future<Output = ()> + Send + 'static> {
-    let max = state.snapshot.load().config.listener.max_connections as i64;
-    if state.open_connections.load(Ordering::Relaxed) >= max {
+    let (max, tls) = {
+        let snap = state.snapshot.load();
+        (
+            snap.config.listener.max_connections as i64,
+            snap.listener_tls.is_some(),
+        )
+    };
+    let busy = state.open_connections.load(Ordering::Relaxed) >= max;
+    if busy && !tls {
         return Err((stream, Refusal::Busy));
     }
+    let hold = (!busy).then(|| ConnHold::new(state));
     let _ = stream.set_nodelay(true);
-    Ok(connection(stream, peer, state.clone()))
+    let state = state.clone();
+    Ok(async move {
+        match hold {
+            Some(hold) => connection(stream, peer, state, hold).await,
+            None => close_tls(stream, Refusal::Busy),
+        }
+    })
 }
 
-/// One connection of a client address, counted against `listener.max_connections_per_client`.
-struct ClientSlot<'a> {
-    state: &'a State,
-    ip: IpAddr,
-    counted: bool,
+/// A refused connection on an HTTPS listener: closed without a word (a plain-text status would
+/// be garbage to a client in its TLS handshake), and counted.
+fn close_tls(stream: TcpStream, refusal: Refusal) {
+    metrics::counter!("lb_connections_refused_total", "reason" => refusal.reason()).increment(1);
+    drop(stream);
 }
 
-impl<'a> ClientSlot<'a> {
-    fn take(state: &'a State, ip: IpAddr) -> Option<ClientSlot<'a>> {
-        let max = state
+/// What an open client connection holds: its place in `open_connections` and, with
+/// `listener.max_connections_per_client`, its client's slot. Released when the connection and
+/// its tunnel, if it upgraded, are both gone.
+pub(crate) struct ConnHold {
+    state: Arc<State>,
+    client: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for ConnHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHold")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnHold {
+    fn new(state: &Arc<State>) -> ConnHold {
+        state.open_connections.fetch_add(1, Ordering::Relaxed);
+        state.metrics_handles.open_connections.increment(1.0);
+        ConnHold {
+            state: state.clone(),
+            client: None,
+        }
+    }
+
+    /// Takes a slot of client `ip`; false when it has `listener.max_connections_per_client`.
+    fn take_slot(&mut self, ip: IpAddr) -> bool {
+        let max = self
+            .state
             .snapshot
             .load()
             .config
             .listener
             .max_connections_per_client;
         if max == 0 {
-            return Some(ClientSlot {
-                state,
-                ip,
-                counted: false,
-            });
+            return true;
         }
-        let mut n = state.per_client.entry(ip).or_insert(0);
+        let mut n = self.state.per_client.entry(ip).or_insert(0);
         if *n as usize >= max {
-            return None;
+            return false;
         }
         *n += 1;
-        Some(ClientSlot {
-            state,
-            ip,
-            counted: true,
-        })
+        drop(n);
+        self.client = Some(ip);
+        true
     }
 }
 
-impl Drop for ClientSlot<'_> {
+impl Drop for ConnHold {
     fn drop(&mut self) {
-        if self.counted {
-            self.state.per_client.remove_if_mut(&self.ip, |_, n| {
+        if let Some(ip) = self.client {
+            self.state.per_client.remove_if_mut(&ip, |_, n| {
                 *n -= 1;
                 *n == 0
             });
         }
+        self.state.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics_handles.open_connections.decrement(1.0);
     }
 }
 
@@ -117,7 +157,12 @@ async fn proxy_header(
 }
 
 /// Reads the PROXY protocol header when required, then serves the connection.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut hold: ConnHold,
+) {
     let Some(peer) = proxy_header(&mut stream, peer, &state).await else {
         return;
     };
@@ -137,16 +182,20 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) 
             snap.config.listener.header_read_timeout,
         )
     };
-    let slot_state = state.clone();
-    let Some(_slot) = ClientSlot::take(&slot_state, peer.ip()) else {
-        refuse(stream, Refusal::TooManyFromClient).await;
+    if !hold.take_slot(peer.ip()) {
+        if acceptor.is_some() {
+            close_tls(stream, Refusal::TooManyFromClient);
+        } else {
+            refuse(stream, Refusal::TooManyFromClient).await;
+        }
         return;
-    };
+    }
     let mut info = ConnInfo {
         peer,
         peer_ip,
         trusted,
         tls: false,
+        _hold: hold,
     };
     match acceptor {
         None => serve(stream, Arc::new(info), state).await,
@@ -175,13 +224,12 @@ async fn serve<I>(stream: I, info: Arc<ConnInfo>, state: Arc<State>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    state.open_connections.fetch_add(1, Ordering::Relaxed);
-    state.metrics_handles.open_connections.increment(1.0);
-    let (header_timeout, max_header) = {
+    let (header_timeout, max_header, send_timeout) = {
         let snap = state.snapshot.load();
         (
             snap.config.listener.header_read_timeout,
             snap.config.listener.max_header_bytes,
+            snap.config.listener.send_timeout,
         )
     };
     let svc_state = state.clone();
@@ -193,7 +241,7 @@ where
         .max_buf_size(max_header)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(WriteWatch::new(stream, send_timeout)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -207,6 +255,4 @@ where
             let _ = conn.await;
         }
     }
-    state.open_connections.fetch_sub(1, Ordering::Relaxed);
-    state.metrics_handles.open_connections.decrement(1.0);
 }

@@ -2,8 +2,8 @@
 //! Network Load Balancer with proxy protocol v2 enabled, so that the client address in
 //! `X-Forwarded-For` and the logs is the real one.
 //!
-//! The header is read with `peek` first and consumed exactly, so no byte of the HTTP request
-//! that follows is lost. A `LOCAL` header (v2) or `UNKNOWN` (v1), as used by health checks,
+//! The header is read exactly (its length known from its first bytes or its CRLF), so no byte
+//! of the HTTP request that follows is lost. A `LOCAL` header (v2) or `UNKNOWN` (v1), as used by health checks,
 //! keeps the connection's own peer address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -147,25 +147,46 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
 }
 
 /// Reads and consumes the header from `stream`; returns the client address it names.
+///
+/// Exactly the header's bytes are read (never a byte of the request after it), each read
+/// waiting for the socket: 8 bytes tell v1 from v2; a v2 header's length is in its first 16
+/// bytes; a v1 header ends at its CRLF (at most 107 bytes). A stalled header costs no CPU;
+/// the caller bounds the whole read in time.
 pub async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, Error> {
     let mut buf = [0u8; 536];
-    loop {
-        let n = stream.peek(&mut buf).await.map_err(|_| Error::Io)?;
-        if n == 0 {
-            return Err(Error::Closed);
+    fill(stream, &mut buf[..8]).await?;
+    // Not the start of a header at all: refused at once.
+    parse(&buf[..8])?;
+    let len = if buf[0] == b'\r' {
+        fill(stream, &mut buf[8..16]).await?;
+        let len = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
+        if len > buf.len() {
+            return Err(Error::Malformed("header too long"));
         }
-        match parse(&buf[..n])? {
-            Some(h) => {
-                let mut sink = vec![0u8; h.len];
-                stream.read_exact(&mut sink).await.map_err(|_| Error::Io)?;
-                return Ok(h.source);
+        fill(stream, &mut buf[16..len]).await?;
+        len
+    } else {
+        let mut n = 8;
+        while buf[n - 2..n] != *b"\r\n" {
+            if n >= V1_MAX {
+                return Err(Error::Malformed("header too long"));
             }
-            None if n == buf.len() => return Err(Error::Malformed("header too long")),
-            None => {
-                // More bytes are on their way; the caller bounds the whole read in time.
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
+            fill(stream, &mut buf[n..n + 1]).await?;
+            n += 1;
         }
+        n
+    };
+    match parse(&buf[..len])? {
+        Some(h) if h.len == len => Ok(h.source),
+        _ => Err(Error::Malformed("header length")),
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), Error> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Closed),
+        Err(_) => Err(Error::Io),
     }
 }
 

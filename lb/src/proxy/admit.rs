@@ -19,6 +19,7 @@ pub fn admit<B>(snap: &Snapshot, req: &Request<B>) -> Result<Admitted, ProxyErro
     if head_size(req) > snap.config.listener.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
+    host_header_sane(req)?;
     if !snap.allowed_hosts.is_empty() {
         match request_host(req) {
             None => return Err(ProxyError::MissingHost),
@@ -47,6 +48,22 @@ pub fn admit<B>(snap: &Snapshot, req: &Request<B>) -> Result<Admitted, ProxyErro
         }
     }
     Ok(Admitted { upgrade })
+}
+
+/// RFC 9112 §3.2: exactly one `Host` in an HTTP/1.1 request; two are refused (a node and the
+/// balancer could each read another one), and so is HTTP/1.1 without any (an absolute-form
+/// target names its host itself).
+fn host_header_sane<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest(
+            "400 Bad Request: more than one Host header\n",
+        )),
+        (None, _) if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err(ProxyError::MissingHost)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Size of a request head as sent on the wire (request line, headers, line ends).

@@ -13,7 +13,7 @@ use crate::state::State;
 use crate::status::ProxyError;
 use crate::sticky::table::SessionKey;
 use crate::sticky::{cookie, route, Decision};
-use crate::upstream::NodeIdx;
+use crate::upstream::{AdminState, NodeIdx};
 
 /// Where a request's pins point. Read without allocating for GUID session values.
 pub struct Pins {
@@ -39,9 +39,21 @@ pub struct Choice {
     pub pos: NodePos,
     pub decision: Decision,
     pub pins: Pins,
+    /// The request's first `Cookie` header (a shared handle, no copy): a node that removes a
+    /// session cookie names it, and the table forgets the value the request carried under
+    /// that name.
+    pub cookie: Option<http::HeaderValue>,
 }
 
 impl Choice {
+    /// The value of the request's cookie `name`, if it carried one.
+    pub fn request_cookie(&self, name: &[u8]) -> Option<&[u8]> {
+        let v = self.cookie.as_ref()?;
+        cookie::pairs(v.as_bytes())
+            .find(|(n, _)| **n == *name)
+            .map(|(_, v)| v)
+    }
+
     /// The request carries a valid route cookie for the node that serves it (no new cookie).
     pub fn route_cookie_current(&self) -> bool {
         self.pins.route == RoutePin::Valid(self.pos)
@@ -57,7 +69,7 @@ pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Cho
     if let Some((pos, _)) = &pins.learned {
         had_pin = true;
         if let Some(pos) = *pos {
-            if snap.node(pos).usable(now) {
+            if keeps_pins(snap, pos, now) {
                 chosen = Some((pos, Decision::Learned));
             }
         }
@@ -65,7 +77,7 @@ pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Cho
     match pins.route {
         RoutePin::Valid(pos) => {
             had_pin = true;
-            if chosen.is_none() && snap.node(pos).usable(now) {
+            if chosen.is_none() && keeps_pins(snap, pos, now) {
                 chosen = Some((pos, Decision::Cookie));
             }
         }
@@ -94,7 +106,22 @@ pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Cho
         pos,
         decision,
         pins,
+        cookie: headers.get(header::COOKIE).cloned(),
     })
+}
+
+/// Can a pinned session stay on its node? Where active health checks run, their verdict decides
+/// (with the admin state and a removed node's drain deadline): passive errors alone keep new
+/// sessions away but do not move, and so log out, the node's signed-in users. A node that
+/// really fails still loses them, on the connect failure that redispatches the request.
+fn keeps_pins(snap: &Snapshot, pos: NodePos, now: u64) -> bool {
+    let node = snap.node(pos);
+    if !snap.config.health.enabled {
+        return node.usable(now);
+    }
+    node.retiring_until_ms.is_none_or(|t| now < t)
+        && node.state.healthy()
+        && node.state.admin_state() != AdminState::Maint
 }
 
 fn read_pins(snap: &Snapshot, state: &State, headers: &HeaderMap) -> Pins {

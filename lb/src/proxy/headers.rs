@@ -3,7 +3,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
@@ -16,10 +15,18 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
+static WEBSOCKET_VALUE: HeaderValue = HeaderValue::from_static("websocket");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// True for a request that asks to switch protocols (`Connection: upgrade` and `Upgrade`).
+/// True for a request that asks to switch to WebSocket (`Connection: upgrade` and `Upgrade:
+/// websocket`). No other protocol is spliced: an `Upgrade: h2c` (a request-smuggling vector
+/// through proxies that tunnel whatever a node accepts) is stripped like any hop-by-hop header
+/// and the request goes on as plain HTTP/1.1.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -78,6 +85,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, UPGRADE_VALUE.clone());
+        // Only the WebSocket token goes on (`is_upgrade` checked it is there).
+        headers.insert(header::UPGRADE, WEBSOCKET_VALUE.clone());
     } else {
         headers.remove(header::UPGRADE);
     }
@@ -135,6 +144,9 @@ pub fn rewrite(
         parts.headers.remove(&X_FORWARDED_FOR);
         parts.headers.remove(&X_FORWARDED_PROTO);
         parts.headers.remove(&X_FORWARDED_HOST);
+        // The other ways of claiming a client address: not from an untrusted client.
+        parts.headers.remove(header::FORWARDED);
+        parts.headers.remove(&X_REAL_IP);
     }
     append_list(&mut parts.headers, &X_FORWARDED_FOR, &conn.peer_ip);
     let proto = if conn.tls { &PROTO_HTTPS } else { &PROTO_HTTP };
@@ -152,14 +164,24 @@ pub fn rewrite(
     } else {
         usize::MAX
     };
-    Request::from_parts(parts, Either::Left(Limited::new(body, limit)))
+    let body = UpBody::client(body, limit, snap.config.listener.body_timeout);
+    Request::from_parts(parts, body)
 }
 
 /// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never
-/// sees it.
+/// sees it. Only a header line that carries it is rebuilt; the others pass untouched.
 pub fn strip_route_cookie(route_cookie: &[u8], headers: &mut HeaderMap) {
-    let mut kept: Vec<u8> = Vec::new();
+    let carries = |v: &HeaderValue| cookie::pairs(v.as_bytes()).any(|(n, _)| *n == *route_cookie);
+    if !headers.get_all(header::COOKIE).iter().any(carries) {
+        return;
+    }
+    let mut lines: Vec<HeaderValue> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
+        if !carries(v) {
+            lines.push(v.clone());
+            continue;
+        }
+        let mut kept: Vec<u8> = Vec::new();
         for (name, value) in cookie::pairs(v.as_bytes()) {
             if *name == *route_cookie {
                 continue;
@@ -171,12 +193,15 @@ pub fn strip_route_cookie(route_cookie: &[u8], headers: &mut HeaderMap) {
             kept.push(b'=');
             kept.extend_from_slice(value);
         }
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            if !kept.is_empty() {
+                lines.push(v);
+            }
+        }
     }
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(&kept) {
-            headers.insert(header::COOKIE, v);
-        }
+    for v in lines {
+        headers.append(header::COOKIE, v);
     }
 }
 

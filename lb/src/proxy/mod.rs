@@ -49,6 +49,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept and appended to.
     pub trusted: bool,
+    /// The connection's place in the connection limits, kept by a tunnel after an upgrade.
+    pub(crate) _hold: crate::listen::proxy::ConnHold,
 }
 
 /// Serves one request of a client connection.
@@ -111,7 +113,7 @@ impl From<ProxyError> for Failed {
 async fn forward(
     state: &Arc<State>,
     snap: &Arc<Snapshot>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<(Response<RespBody>, NodePos, Decision), Failed> {
     let admitted = admit::admit(snap, &req)?;

@@ -20,7 +20,7 @@ use crate::sticky::cookie;
 pub fn respond(
     state: &Arc<State>,
     snap: &Snapshot,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     choice: &Choice,
     sent: Sent,
     client_upgrade: Option<OnUpgrade>,
@@ -37,6 +37,8 @@ pub fn respond(
                 client_upgrade,
                 node_upgrade,
                 upgrade_handle,
+                // The client connection stays counted in the limits while its tunnel lives.
+                conn.clone(),
             );
         }
         return resp.map(Either::Left);
@@ -70,8 +72,10 @@ fn learn(state: &State, snap: &Snapshot, node: &Node, headers: &HeaderMap, choic
             continue;
         }
         if c.removes {
-            if let Some((_, key)) = &choice.pins.learned {
-                state.sticky.forget_key(key);
+            // Forget the session the request carried under the removed cookie's name (another
+            // session cookie of the request stays pinned).
+            if let Some(value) = choice.request_cookie(c.name).filter(|v| !v.is_empty()) {
+                state.sticky.forget(value);
             }
         } else {
             state.sticky.learn(c.value, node.state.idx.0);

@@ -15,7 +15,8 @@ use crate::snapshot::{Node, Snapshot};
 use crate::state::State;
 use crate::status::ProxyError;
 use crate::sticky::Decision;
-use crate::upstream::pool::{PooledBody, SendError, UpBody};
+use crate::upstream::pool::{BodyEnd, PooledBody, SendError, UpBody};
+use crate::upstream::request_body::ClientFault;
 
 /// The node's answer, and for a protocol switch the handle that keeps its connection until the
 /// upgrade completes.
@@ -39,7 +40,8 @@ pub async fn send(
         }
         let guard = InFlight::new(node);
         node.state.requests_total.fetch_add(1, Ordering::Relaxed);
-        let res = tokio::time::timeout(timeout, node.pool.send(req)).await;
+        let body_end = req.body().end();
+        let res = answer_within(timeout, &body_end, node.pool.send(req)).await;
         drop(guard);
         let error = match res {
             Ok(Ok(ok)) => {
@@ -69,11 +71,53 @@ pub async fn send(
                 redispatched(state, snap, next, &choice.pins);
                 continue;
             }
-            Ok(Err(SendError::Failed(e))) => ProxyError::Upstream(e.to_string()),
-            Err(_) => ProxyError::Timeout,
+            Ok(Err(SendError::Failed(e))) => match body_end.client_fault() {
+                // The client broke its own request: not the node's fault.
+                Some(fault) => return Err(failed(ProxyError::from(fault), choice)),
+                None if e.is_user() => {
+                    return Err(failed(ProxyError::from(ClientFault::Broken), choice))
+                }
+                None => ProxyError::Upstream(e.to_string()),
+            },
+            Err(_) => match body_end.client_fault() {
+                Some(fault) => return Err(failed(ProxyError::from(fault), choice)),
+                None => ProxyError::Timeout,
+            },
         };
         passive_error(snap, node);
         return Err(failed(error, choice));
+    }
+}
+
+/// Waits for the node's answer: `timeout` counts from the end of the request body (a slow
+/// upload is bounded by `listener.body_timeout`, not blamed on the node). `Err` when the node
+/// did not answer in time, or the body failed first.
+async fn answer_within<F: std::future::Future>(
+    timeout: std::time::Duration,
+    body_end: &BodyEnd,
+    fut: F,
+) -> Result<F::Output, ()> {
+    tokio::pin!(fut);
+    let mut wait = timeout;
+    loop {
+        if let Ok(r) = tokio::time::timeout(wait, fut.as_mut()).await {
+            return Ok(r);
+        }
+        if body_end.client_fault().is_some() {
+            return Err(());
+        }
+        wait = match body_end.completed_at_ms() {
+            // Still sending: wait on (the body's own timeout bounds the client).
+            None => timeout,
+            Some(0) => return Err(()),
+            Some(done) => {
+                let since = std::time::Duration::from_millis(clock::now_ms().saturating_sub(done));
+                match timeout.checked_sub(since) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(()),
+                }
+            }
+        };
     }
 }
 

@@ -11,11 +11,13 @@
 //! - `connect`: [`NodeConnector`], TCP (+ TLS) and the HTTP/1.1 handshake to one node, used by
 //!   the proxy's pool and by the health checks.
 //! - `pool`: the proxy's per-node pool of connections.
+//! - `request_body`: the client's request body as a node gets it, watched to its end.
 
 pub mod connect;
 mod node;
 pub mod pool;
 mod registry;
+pub mod request_body;
 mod select;
 mod slow_start;
 

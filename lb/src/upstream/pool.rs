@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use super::NodeConnector;
 
-/// Request body sent to a node: the client's (bounded by `listener.max_body_bytes`), or empty.
-pub type UpBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub use super::request_body::{BodyEnd, UpBody};
 
 /// Why a node could not take a request.
 #[derive(Debug)]
@@ -80,6 +78,16 @@ impl Pool {
         }
     }
 
+    /// Back to the pool once the response has ended, but only when the request body has ended
+    /// too: a node that answered early (a 302 or 401 before reading an upload) still has the
+    /// rest of the body coming on that connection, and a request sent behind it would wait.
+    /// Such a connection is closed instead.
+    fn checkin_after(&self, s: SendRequest<UpBody>, body_end: &BodyEnd) {
+        if body_end.complete() {
+            self.checkin(s);
+        }
+    }
+
     /// How this pool connects to its node.
     pub fn connector(&self) -> &NodeConnector {
         &self.connect
@@ -91,6 +99,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<UpBody>,
     ) -> Result<(Response<PooledBody>, Option<SendRequest<UpBody>>), SendError> {
+        let body_end = req.body().end();
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
@@ -122,7 +131,7 @@ impl Pool {
                         return Ok((Response::from_parts(parts, body), Some(sender)));
                     }
                     let body = if body.is_end_stream() {
-                        self.checkin(sender);
+                        self.checkin_after(sender, &body_end);
                         PooledBody {
                             inner: body,
                             back: None,
@@ -130,7 +139,7 @@ impl Pool {
                     } else {
                         PooledBody {
                             inner: body,
-                            back: Some((sender, self.clone())),
+                            back: Some((sender, self.clone(), body_end)),
                         }
                     };
                     return Ok((Response::from_parts(parts, body), None));
@@ -151,7 +160,7 @@ impl Pool {
 /// A node's response body; hands its connection back to the pool at its end.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(SendRequest<UpBody>, Arc<Pool>)>,
+    back: Option<(SendRequest<UpBody>, Arc<Pool>, BodyEnd)>,
 }
 
 impl Body for PooledBody {
@@ -171,8 +180,8 @@ impl Body for PooledBody {
             _ => false,
         };
         if done {
-            if let Some((s, pool)) = self.back.take() {
-                pool.checkin(s);
+            if let Some((s, pool, body_end)) = self.back.take() {
+                pool.checkin_after(s, &body_end);
             }
         }
         r

@@ -16,15 +16,15 @@ use crate::clock;
 pub(super) async fn splice_generic(
     client: Box<dyn Io>,
     node: Box<dyn Io>,
-    idle: Duration,
+    (idle, stall): (Duration, Duration),
     closing: &Closing<'_>,
     counts: &Counts,
 ) -> End {
     let last = AtomicU64::new(clock::now_ms());
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut nr, mut nw) = tokio::io::split(node);
-    let up = copy(&mut cr, &mut nw, &last, &counts.to_node);
-    let down = copy(&mut nr, &mut cw, &last, &counts.to_client);
+    let up = copy(&mut cr, &mut nw, &last, &counts.to_node, stall);
+    let down = copy(&mut nr, &mut cw, &last, &counts.to_client, stall);
     let both = both_with_linger(up, down);
     tokio::select! {
         _ = both => End::Closed,
@@ -33,7 +33,13 @@ pub(super) async fn splice_generic(
     }
 }
 
-async fn copy<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, count: &AtomicU64) -> io::Result<()>
+async fn copy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    last: &AtomicU64,
+    count: &AtomicU64,
+    stall: Duration,
+) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -46,8 +52,13 @@ where
             return Ok(());
         }
         last.store(clock::now_ms(), Ordering::Relaxed);
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
+        // A peer that stopped reading ends the tunnel after `stall`.
+        tokio::time::timeout(stall, async {
+            w.write_all(&buf[..n]).await?;
+            w.flush().await
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -72,9 +72,11 @@ pub(crate) fn spawn(
     client: OnUpgrade,
     node_upgrade: OnUpgrade,
     node_conn: Option<SendRequest<UpBody>>,
+    keep: impl Send + Sync + 'static,
 ) {
     let node_state = node.state.clone();
     let idle = snap.config.websocket.idle_timeout;
+    let stall = write_stall_bound(idle, snap.config.listener.send_timeout);
     let close = node_state.tunnels_token();
     let tracker = state.tunnels.clone();
     let state = state.clone();
@@ -94,7 +96,7 @@ pub(crate) fn spawn(
         state.open_tunnels.fetch_add(1, Ordering::Relaxed);
         gauges.open_tunnels.increment(1.0);
         let counts = Counts::default();
-        let end = splice(c, n, idle, &close, &state.tunnels_close, &counts).await;
+        let end = splice(c, n, (idle, stall), &close, &state.tunnels_close, &counts).await;
         let to_node = counts.to_node.load(Ordering::Relaxed);
         let to_client = counts.to_client.load(Ordering::Relaxed);
         gauges.ws_bytes_to_node.increment(to_node);
@@ -104,17 +106,34 @@ pub(crate) fn spawn(
         gauges.open_tunnels.decrement(1.0);
         metrics::counter!("lb_websockets_closed_total", "reason" => end.as_str()).increment(1);
         tracing::debug!(node = %node_state.id, end = end.as_str(), to_node, to_client, "websocket closed");
+        drop(keep);
     };
     tracker.spawn(fut);
 }
 
-/// Splices the two upgraded connections until the tunnel ends.
+/// How long a tunnel's write may stay blocked (a peer that stopped reading): the idle timeout,
+/// or `listener.send_timeout` when shorter. Past it the tunnel ends, so a client that stops
+/// reading does not stall the other direction for the whole idle timeout.
+fn write_stall_bound(idle: Duration, send_timeout: Duration) -> Duration {
+    if send_timeout.is_zero() {
+        idle
+    } else {
+        send_timeout.min(idle)
+    }
+}
+
+/// How long a blocked write may still finish once the tunnel is told to close, so that its
+/// close frame can follow; then the sockets are dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Splices the two upgraded connections until the tunnel ends. `timeouts` is the idle timeout
+/// and the bound on a blocked write.
 /// `close` and `close_all` both end the tunnel: the node's own token (removed past its drain
 /// deadline) and the balancer's (shutdown).
 pub async fn splice(
     client: Upgraded,
     node: Upgraded,
-    idle: Duration,
+    timeouts: (Duration, Duration),
     close: &CancellationToken,
     close_all: &CancellationToken,
     counts: &Counts,
@@ -122,9 +141,9 @@ pub async fn splice(
     let closing = Closing(close, close_all);
     match (client_side(client), node_side(node)) {
         (Side::Tcp(c, cpre), Side::Tcp(n, npre)) => {
-            tcp::splice_tcp(c, cpre, n, npre, idle, &closing, counts).await
+            tcp::splice_tcp(c, cpre, n, npre, timeouts, &closing, counts).await
         }
-        (c, n) => generic::splice_generic(c.boxed(), n.boxed(), idle, &closing, counts).await,
+        (c, n) => generic::splice_generic(c.boxed(), n.boxed(), timeouts, &closing, counts).await,
     }
 }
 

@@ -10,6 +10,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::listen::WriteWatch;
+
 /// One end of a tunnel: plain TCP (the fast path) or anything else (TLS).
 pub(super) enum Side {
     Tcp(TcpStream, Bytes),
@@ -32,8 +34,9 @@ impl Side {
 }
 
 pub(super) fn client_side(u: Upgraded) -> Side {
-    match u.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => tcp_side(p.io.into_inner(), p.read_buf),
+    match u.downcast::<TokioIo<WriteWatch<TcpStream>>>() {
+        // The tunnel bounds its own blocked writes.
+        Ok(p) => tcp_side(p.io.into_inner().into_inner(), p.read_buf),
         Err(u) => Side::Other(Box::new(TokioIo::new(u))),
     }
 }

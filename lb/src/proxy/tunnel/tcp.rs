@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::frames::FrameTracker;
-use super::{Closing, Counts, End, CLOSE_GOING_AWAY, FIN_LINGER};
+use super::{Closing, Counts, End, CLOSE_GOING_AWAY, CLOSE_GRACE, FIN_LINGER};
 use crate::clock;
 
 const BUF: usize = 16 * 1024;
@@ -22,23 +22,27 @@ pub(super) async fn splice_tcp(
     client_pre: Bytes,
     node: TcpStream,
     node_pre: Bytes,
-    idle: Duration,
+    (idle, stall): (Duration, Duration),
     closing: &Closing<'_>,
     counts: &Counts,
 ) -> End {
     let mut frames = FrameTracker::default();
     // Bytes hyper read past the upgrade go first; then `pre` (which shares hyper's whole read
     // buffer) is let go at once.
-    if !client_pre.is_empty() && write_all(&node, &client_pre, idle).await.is_err() {
-        return End::Closed;
+    if !client_pre.is_empty() {
+        if let Err(e) = write_all(&node, &client_pre, stall, closing).await {
+            return e.end();
+        }
     }
     counts
         .to_node
         .fetch_add(client_pre.len() as u64, Ordering::Relaxed);
     drop(client_pre);
     frames.feed(&node_pre);
-    if !node_pre.is_empty() && write_all(&client, &node_pre, idle).await.is_err() {
-        return End::Closed;
+    if !node_pre.is_empty() {
+        if let Err(e) = write_all(&client, &node_pre, stall, closing).await {
+            return e.end();
+        }
     }
     counts
         .to_client
@@ -64,7 +68,7 @@ pub(super) async fn splice_tcp(
                 if r.is_err() {
                     return End::Closed;
                 }
-                match transfer(&client, &node, None, idle).await {
+                match transfer(&client, &node, None, stall, closing).await {
                     Moved::Some(n) => {
                         counts.to_node.fetch_add(n, Ordering::Relaxed);
                         last = clock::now_ms();
@@ -74,13 +78,19 @@ pub(super) async fn splice_tcp(
                         let _ = socket2::SockRef::from(&node).shutdown(std::net::Shutdown::Write);
                     }
                     Moved::Failed => return End::Closed,
+                    Moved::Closing { finished } => {
+                        if finished && frames.at_boundary() {
+                            let _ = client.try_write(&CLOSE_GOING_AWAY);
+                        }
+                        return End::Closing;
+                    }
                 }
             }
             r = node.readable(), if down_open => {
                 if r.is_err() {
                     return End::Closed;
                 }
-                match transfer(&node, &client, Some(&mut frames), idle).await {
+                match transfer(&node, &client, Some(&mut frames), stall, closing).await {
                     Moved::Some(n) => {
                         counts.to_client.fetch_add(n, Ordering::Relaxed);
                         last = clock::now_ms();
@@ -90,6 +100,12 @@ pub(super) async fn splice_tcp(
                         let _ = socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write);
                     }
                     Moved::Failed => return End::Closed,
+                    Moved::Closing { finished } => {
+                        if finished && frames.at_boundary() {
+                            let _ = client.try_write(&CLOSE_GOING_AWAY);
+                        }
+                        return End::Closing;
+                    }
                 }
             }
             _ = &mut timer => {
@@ -126,6 +142,28 @@ enum Moved {
     Some(u64),
     Eof,
     Failed,
+    /// Told to close during a blocked write; `finished`: the write completed within the grace.
+    Closing {
+        finished: bool,
+    },
+}
+
+/// Why a write did not complete.
+enum WriteEnd {
+    Failed,
+    /// Told to close while blocked; `finished`: the write still completed within the grace.
+    Closing {
+        finished: bool,
+    },
+}
+
+impl WriteEnd {
+    fn end(self) -> End {
+        match self {
+            WriteEnd::Failed => End::Closed,
+            WriteEnd::Closing { .. } => End::Closing,
+        }
+    }
 }
 
 /// Moves what `src` has ready to `dst`, until `src` would block.
@@ -133,7 +171,8 @@ async fn transfer(
     src: &TcpStream,
     dst: &TcpStream,
     mut frames: Option<&mut FrameTracker>,
-    idle: Duration,
+    stall: Duration,
+    closing: &Closing<'_>,
 ) -> Moved {
     let mut buf = Vec::with_capacity(BUF);
     let mut moved = 0u64;
@@ -151,8 +190,10 @@ async fn transfer(
                 if let Some(f) = frames.as_deref_mut() {
                     f.feed(&buf[..n]);
                 }
-                if write_all(dst, &buf[..n], idle).await.is_err() {
-                    return Moved::Failed;
+                match write_all(dst, &buf[..n], stall, closing).await {
+                    Ok(()) => {}
+                    Err(WriteEnd::Failed) => return Moved::Failed,
+                    Err(WriteEnd::Closing { finished }) => return Moved::Closing { finished },
                 }
                 moved += n as u64;
             }
@@ -168,18 +209,44 @@ async fn transfer(
     }
 }
 
-/// Writes all of `data`, waiting for the peer to read at most `idle` at a time.
-async fn write_all(dst: &TcpStream, mut data: &[u8], idle: Duration) -> io::Result<()> {
+/// Writes all of `data`, waiting for the peer to read at most `stall` at a time. A close cuts
+/// through a blocked write: the write gets [`CLOSE_GRACE`] to finish (so a close frame can
+/// follow), then it is given up.
+async fn write_all(
+    dst: &TcpStream,
+    mut data: &[u8],
+    stall: Duration,
+    closing: &Closing<'_>,
+) -> Result<(), WriteEnd> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(idle, dst.writable())
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
-                    })??;
+                tokio::select! {
+                    r = tokio::time::timeout(stall, dst.writable()) => match r {
+                        Ok(Ok(())) => {}
+                        _ => return Err(WriteEnd::Failed),
+                    },
+                    _ = closing.cancelled() => {
+                        let finished = tokio::time::timeout(CLOSE_GRACE, write_rest(dst, data))
+                            .await
+                            .is_ok_and(|r| r.is_ok());
+                        return Err(WriteEnd::Closing { finished });
+                    }
+                }
             }
+            Err(_) => return Err(WriteEnd::Failed),
+        }
+    }
+    Ok(())
+}
+
+/// The rest of a write, with no bound of its own.
+async fn write_rest(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
             Err(e) => return Err(e),
         }
     }
