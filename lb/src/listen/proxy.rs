@@ -20,18 +20,25 @@ use crate::proxy::{self, ConnInfo};
 use crate::state::State;
 use crate::status::Refusal;
 
-/// Takes or refuses an accepted connection (`listener.max_connections`).
+/// Takes or refuses an accepted connection of listener `listener` (0: `[listener]`, `i`:
+/// `listeners[i - 1]`) by its `max_connections`.
 pub fn accept(
     state: &Arc<State>,
+    listener: usize,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Accepted<impl Future<Output = ()> + Send + 'static> {
-    let max = state.snapshot.load().config.listener.max_connections as i64;
+    let max = state
+        .snapshot
+        .load()
+        .config
+        .listener_at(listener)
+        .max_connections as i64;
     if state.open_connections.load(Ordering::Relaxed) >= max {
         return Err((stream, Refusal::Busy));
     }
     let _ = stream.set_nodelay(true);
-    Ok(connection(stream, peer, state.clone()))
+    Ok(connection(stream, peer, state.clone(), listener))
 }
 
 /// One connection of a client address, counted against `listener.max_connections_per_client`.
@@ -42,12 +49,12 @@ struct ClientSlot<'a> {
 }
 
 impl<'a> ClientSlot<'a> {
-    fn take(state: &'a State, ip: IpAddr) -> Option<ClientSlot<'a>> {
+    fn take(state: &'a State, ip: IpAddr, listener: usize) -> Option<ClientSlot<'a>> {
         let max = state
             .snapshot
             .load()
             .config
-            .listener
+            .listener_at(listener)
             .max_connections_per_client;
         if max == 0 {
             return Some(ClientSlot {
@@ -86,13 +93,12 @@ async fn proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
     state: &State,
+    listener: usize,
 ) -> Option<SocketAddr> {
     let (mode, timeout) = {
         let snap = state.snapshot.load();
-        (
-            snap.config.listener.proxy_protocol,
-            snap.config.listener.header_read_timeout,
-        )
+        let l = snap.config.listener_at(listener);
+        (l.proxy_protocol, l.header_read_timeout)
     };
     if mode != ProxyProtocolMode::Required {
         return Some(peer);
@@ -117,28 +123,25 @@ async fn proxy_header(
 }
 
 /// Reads the PROXY protocol header when required, then serves the connection.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
-    let Some(peer) = proxy_header(&mut stream, peer, &state).await else {
+async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, listener: usize) {
+    let Some(peer) = proxy_header(&mut stream, peer, &state, listener).await else {
         return;
     };
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
-    let (acceptor, trusted, timeout) = {
+    let (acceptor, trusted, timeout, tls_front) = {
         let snap = state.snapshot.load();
-        let trusted = snap
-            .config
-            .listener
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer.ip()));
+        let l = snap.config.listener_at(listener);
+        let trusted = l.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
         (
-            snap.listener_tls.clone(),
+            snap.tls_of(listener).cloned(),
             trusted,
-            snap.config.listener.header_read_timeout,
+            l.header_read_timeout,
+            l.tls_front,
         )
     };
     let slot_state = state.clone();
-    let Some(_slot) = ClientSlot::take(&slot_state, peer.ip()) else {
+    let Some(_slot) = ClientSlot::take(&slot_state, peer.ip(), listener) else {
         refuse(stream, Refusal::TooManyFromClient).await;
         return;
     };
@@ -147,6 +150,9 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) 
         peer_ip,
         trusted,
         tls: false,
+        secure_cookies: tls_front,
+        listener,
+        paired: Default::default(),
     };
     match acceptor {
         None => serve(stream, Arc::new(info), state).await,
@@ -165,6 +171,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) 
                 }
             };
             info.tls = true;
+            info.secure_cookies = true;
             serve(tls, Arc::new(info), state).await;
         }
     }
@@ -179,10 +186,8 @@ where
     state.metrics_handles.open_connections.increment(1.0);
     let (header_timeout, max_header) = {
         let snap = state.snapshot.load();
-        (
-            snap.config.listener.header_read_timeout,
-            snap.config.listener.max_header_bytes,
-        )
+        let l = snap.config.listener_at(info.listener);
+        (l.header_read_timeout, l.max_header_bytes)
     };
     let svc_state = state.clone();
     let svc = service_fn(move |req| proxy::serve(svc_state.clone(), info.clone(), req));
