@@ -111,7 +111,12 @@ impl State {
 /// The named listeners cannot be added, removed or moved without a restart: the same names,
 /// each at its old configured or bound address.
 fn named_listeners_kept(old: &Config, new: &Config, bound: &[SocketAddr]) -> Result<(), String> {
-    let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    let names = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<Vec<_>>()
+    };
     if names(old) != names(new) {
         return Err(format!(
             "listeners: [{}] -> [{}]: adding or removing a listener needs a restart",

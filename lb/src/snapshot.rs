@@ -373,20 +373,22 @@ impl<'a> NodeMaker<'a> {
         let state = self.registry.get_or_create(&id);
         let value = self.route_key.value_for(&id);
         let route_name = &config.sticky.route_cookie;
-        let cookie = format!("{route_name}={value}; Path=/; HttpOnly{}", self.cookie_attrs);
+        let cookie = format!(
+            "{route_name}={value}; Path=/; HttpOnly{}",
+            self.cookie_attrs
+        );
         let local = match (&config.balance.zone, &zone) {
             (Some(own), Some(z)) => own == z,
             (Some(_), None) => false,
             (None, _) => true,
         };
         let name = self.server_names.get(id.as_str()).copied();
-        let connector_to = |addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>| {
-            NodeConnector {
+        let connector_to =
+            |addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>| NodeConnector {
                 addr,
                 timeout: config.upstream.connect_timeout,
                 tls: tls.map(|t| (t.clone(), NodeConnector::server_name(addr, name))),
-            }
-        };
+            };
         let pool_of = |c: NodeConnector| {
             Pool::new(
                 c,

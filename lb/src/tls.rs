@@ -132,14 +132,14 @@ pub fn client_config_with_cert(
     system_roots: bool,
     client_cert: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let with_auth = |b: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>| {
-        match client_cert {
+    let with_auth =
+        |b: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>| match client_cert
+        {
             None => Ok(b.with_no_client_auth()),
             Some((cert, k)) => b
                 .with_client_auth_cert(certs(cert)?, key(k)?)
                 .map_err(|e| format!("{} and {}: {e}", cert.display(), k.display())),
-        }
-    };
+        };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| e.to_string())?;

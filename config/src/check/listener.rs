@@ -107,9 +107,7 @@ impl Validator<'_> {
         {
             self.err(
                 &key,
-                format!(
-                    "{name:?} is not a listener name (1 to 32 of a-z 0-9 - _, not \"users\")"
-                ),
+                format!("{name:?} is not a listener name (1 to 32 of a-z 0-9 - _, not \"users\")"),
             );
         }
         let shared = [

@@ -13,7 +13,10 @@ impl Validator<'_> {
             self.err("sticky.max_sessions", "must be at least 1");
         }
         let route_key = self.route_key(s);
-        let domain = s.domain.as_ref().map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase());
+        let domain = s
+            .domain
+            .as_ref()
+            .map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase());
         if let Some(d) = &domain {
             if d.is_empty()
                 || !d

@@ -138,7 +138,10 @@ pub fn ticket_pin(state: &State, snap: &Snapshot, uri: &http::Uri, choice: &mut 
     if state.tickets.is_empty() {
         return;
     }
-    let Some(id) = uri.query().and_then(crate::sticky::tickets::ticket_in_query) else {
+    let Some(id) = uri
+        .query()
+        .and_then(crate::sticky::tickets::ticket_in_query)
+    else {
         return;
     };
     let Some(pos) = state

@@ -109,17 +109,38 @@ mod tests {
 
     #[test]
     fn schemes_that_bind_a_connection() {
-        assert!(request_binds(&map(header::AUTHORIZATION, &["NTLM TlRMTVNTUAAB"])));
-        assert!(request_binds(&map(header::AUTHORIZATION, &["negotiate YIIG"])));
-        assert!(!request_binds(&map(header::AUTHORIZATION, &["Basic YWxhZGRpbg=="])));
-        assert!(!request_binds(&map(header::AUTHORIZATION, &["Bearer NTLM"])));
+        assert!(request_binds(&map(
+            header::AUTHORIZATION,
+            &["NTLM TlRMTVNTUAAB"]
+        )));
+        assert!(request_binds(&map(
+            header::AUTHORIZATION,
+            &["negotiate YIIG"]
+        )));
+        assert!(!request_binds(&map(
+            header::AUTHORIZATION,
+            &["Basic YWxhZGRpbg=="]
+        )));
+        assert!(!request_binds(&map(
+            header::AUTHORIZATION,
+            &["Bearer NTLM"]
+        )));
         assert!(!request_binds(&HeaderMap::new()));
-        assert!(response_binds(&map(header::WWW_AUTHENTICATE, &["NTLM", "Negotiate"])));
+        assert!(response_binds(&map(
+            header::WWW_AUTHENTICATE,
+            &["NTLM", "Negotiate"]
+        )));
         assert!(response_binds(&map(
             header::WWW_AUTHENTICATE,
             &["Basic realm=\"x\", Negotiate"]
         )));
-        assert!(response_binds(&map(header::WWW_AUTHENTICATE, &["Negotiate oYG2MIGzo"])));
-        assert!(!response_binds(&map(header::WWW_AUTHENTICATE, &["Basic realm=\"NTLM\""])));
+        assert!(response_binds(&map(
+            header::WWW_AUTHENTICATE,
+            &["Negotiate oYG2MIGzo"]
+        )));
+        assert!(!response_binds(&map(
+            header::WWW_AUTHENTICATE,
+            &["Basic realm=\"NTLM\""]
+        )));
     }
 }

@@ -78,7 +78,9 @@ pub async fn learn(
         match what {
             Learn::Ticket => {
                 if let Some(t) = v.get("Ticket").and_then(|t| t.as_str()) {
-                    state.tickets.learn_ticket(t.as_bytes(), node_idx, ticket_ms);
+                    state
+                        .tickets
+                        .learn_ticket(t.as_bytes(), node_idx, ticket_ms);
                     metrics::counter!("lb_rest_learned_total", "kind" => "ticket").increment(1);
                 }
             }
@@ -104,7 +106,10 @@ mod tests {
     fn calls_learned_from() {
         let post = Method::POST;
         assert_eq!(learns_from(&post, "/qps/ticket"), Some(Learn::Ticket));
-        assert_eq!(learns_from(&post, "/qps/portal/ticket/"), Some(Learn::Ticket));
+        assert_eq!(
+            learns_from(&post, "/qps/portal/ticket/"),
+            Some(Learn::Ticket)
+        );
         assert_eq!(learns_from(&post, "/qps/session"), Some(Learn::Session));
         assert_eq!(learns_from(&post, "/qps/vp/session"), Some(Learn::Session));
         assert_eq!(learns_from(&post, "/qps/vp/session/abc"), None);

@@ -59,8 +59,7 @@ pub async fn send(
         let guard = InFlight::new(node);
         node.state.requests_total.fetch_add(1, Ordering::Relaxed);
         let pool = node.pool_for(conn.listener);
-        let res =
-            tokio::time::timeout(timeout, pool.send_private(req, held_conn, private)).await;
+        let res = tokio::time::timeout(timeout, pool.send_private(req, held_conn, private)).await;
         drop(guard);
         let error = match res {
             Ok(Ok((resp, upgrade, kept))) => {

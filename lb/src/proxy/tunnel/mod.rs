@@ -24,8 +24,8 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::{Node, Snapshot};
-use crate::sticky::table::SessionKey;
 use crate::state::State;
+use crate::sticky::table::SessionKey;
 use crate::upstream::pool::UpBody;
 use takeover::{client_side, node_side, Side};
 
@@ -139,7 +139,8 @@ async fn keep_session(
     counts: &Counts,
     every: Duration,
 ) -> std::convert::Infallible {
-    let moved = || counts.to_node.load(Ordering::Relaxed) + counts.to_client.load(Ordering::Relaxed);
+    let moved =
+        || counts.to_node.load(Ordering::Relaxed) + counts.to_client.load(Ordering::Relaxed);
     let mut seen = moved();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
