@@ -112,11 +112,7 @@ async fn saml_login(same_site: &str) -> (bool, String) {
     let lb = lb::Server::start(Config::from_toml(&text, Path::new(".")).unwrap())
         .await
         .unwrap();
-    let dom = dump_dom(
-        &format!("https://{}/saml/hub/", lb.proxy_addr()),
-        same_site,
-    )
-    .await;
+    let dom = dump_dom(&format!("https://{}/saml/hub/", lb.proxy_addr()), same_site).await;
     let started: Vec<String> = sim
         .nodes()
         .iter()
@@ -142,5 +138,8 @@ async fn saml_login_started_on_a_node_finishes_there_with_a_same_site_none_route
     // The control: with the default (Lax) the cross-site POST carries no route cookie and
     // lands on another node.
     let (ok, what) = saml_login("lax").await;
-    assert!(!ok, "SameSite=Lax unexpectedly finished on its node: {what}");
+    assert!(
+        !ok,
+        "SameSite=Lax unexpectedly finished on its node: {what}"
+    );
 }

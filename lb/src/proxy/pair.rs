@@ -88,11 +88,10 @@ pub fn request_binds(headers: &HeaderMap) -> bool {
 
 /// The response offers or continues `NTLM` or `Negotiate` (`WWW-Authenticate`).
 pub fn response_binds(headers: &HeaderMap) -> bool {
-    headers.get_all(header::WWW_AUTHENTICATE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|part| connection_bound(part))
-    })
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(connection_bound))
 }
 
 #[cfg(test)]
