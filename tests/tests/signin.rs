@@ -563,3 +563,54 @@ fn every_shipped_example_is_accepted() {
     assert_eq!(c.nodes[2].addresses[0].to_string(), "127.0.0.1:19142");
     assert_eq!(c.nodes[2].addresses[1].to_string(), "127.0.0.1:19162");
 }
+
+#[tokio::test]
+async fn reload_applies_listener_settings_but_refuses_moving_or_adding_listeners() {
+    let s = site(2, SimOptions::with_auth(Auth::Windows), "", "").await;
+    let reload = |listener_extra: &str, extra: &str| {
+        let text = signin_config(&s.sim, listener_extra, extra);
+        s.lb.reload(Config::from_toml(&text, Path::new(".")).unwrap())
+    };
+    // Header lists apply at once.
+    reload("strip_headers = [\"X-Sim-Test\"]", "").unwrap();
+    let mut c = Conn::connect(s.auth).await.unwrap();
+    let r = c
+        .get("/_sim/headers", &[UA, ("x-sim-test", "1")])
+        .await
+        .unwrap();
+    assert!(
+        !r.body.to_ascii_lowercase().contains("x-sim-test"),
+        "{}",
+        r.body
+    );
+    // Moving the bound auth listener, or adding one, needs a restart.
+    let moved = signin_config(&s.sim, "", "").replacen(
+        "[listeners.auth]\naddress = \"127.0.0.1:0\"",
+        "[listeners.auth]\naddress = \"127.0.0.1:1\"",
+        1,
+    );
+    let e =
+        s.lb.reload(Config::from_toml(&moved, Path::new(".")).unwrap())
+            .unwrap_err();
+    assert!(e.contains("listeners.auth.address"), "{e}");
+    let added = signin_config(&s.sim, "", "[listeners.more]\naddress = \"127.0.0.1:0\"\n")
+        .split("addresses = { ")
+        .enumerate()
+        .map(|(i, part)| match i {
+            0 => part.to_string(),
+            i => format!("addresses = {{ more = \"127.0.0.1:{}\", {part}", 9 + i),
+        })
+        .collect::<String>();
+    let e =
+        s.lb.reload(Config::from_toml(&added, Path::new(".")).unwrap())
+            .unwrap_err();
+    assert!(e.contains("needs a restart"), "{e}");
+    assert!(!s.lb.reload_status().ok);
+    // The running configuration stayed: the auth listener still serves its nodes.
+    let mut c = Conn::connect(s.auth).await.unwrap();
+    let r = c
+        .get("/windows_authentication/?targetId=x", &[UA])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+}
