@@ -39,7 +39,8 @@ pub async fn windows_sign_ins(
             let user = SimUser::new("CORP", &format!("demo{i}"));
             let mut b = Browser::new(Identity::Ntlm(user.clone()));
             b.leg_pause = leg_pause;
-            let ok = matches!(b.navigate(&format!("http://{lb}/hub/")).await, Ok(p) if p.status == 200);
+            let ok =
+                matches!(b.navigate(&format!("http://{lb}/hub/")).await, Ok(p) if p.status == 200);
             let sessions = cluster.sessions_of(&user);
             if !ok || sessions.len() != 1 {
                 return (false, false);

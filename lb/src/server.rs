@@ -25,6 +25,28 @@ pub struct Server {
     tasks: TaskTracker,
 }
 
+/// Binds the named listeners (`[listeners.<name>]`) and records their bound addresses.
+#[allow(clippy::type_complexity)]
+fn bind_named(
+    config: &Config,
+    state: &State,
+) -> anyhow::Result<(Vec<(TcpListener, SocketAddr)>, Vec<(String, SocketAddr)>)> {
+    let mut named = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let key = format!("listeners.{}.address", l.name);
+        named.push(bind_for(l.address, &key)?);
+    }
+    let named_addrs: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .zip(&named)
+        .map(|(l, (_, a))| (l.name.clone(), *a))
+        .collect();
+    *state.named_bound.lock().unwrap_or_else(|e| e.into_inner()) =
+        named_addrs.iter().map(|(_, a)| *a).collect();
+    Ok((named, named_addrs))
+}
+
 /// Binds `addr`, naming the configuration key in the error.
 fn bind_for(addr: SocketAddr, key: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let l = bind(addr).with_context(|| format!("cannot listen on {addr} ({key})"))?;
@@ -105,19 +127,7 @@ impl Server {
         }
         *state.bound.lock().unwrap_or_else(|e| e.into_inner()) =
             [Some(proxy_addr), admin_addr, module_addr];
-        let mut named = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let key = format!("listeners.{}.address", l.name);
-            named.push(bind_for(l.address, &key)?);
-        }
-        let named_addrs: Vec<(String, SocketAddr)> = config
-            .listeners
-            .iter()
-            .zip(&named)
-            .map(|(l, (_, a))| (l.name.clone(), *a))
-            .collect();
-        *state.named_bound.lock().unwrap_or_else(|e| e.into_inner()) =
-            named_addrs.iter().map(|(_, a)| *a).collect();
+        let (named, named_addrs) = bind_named(&config, &state)?;
         let accept_state = state.clone();
         tasks.spawn(listen::accept_loop(
             proxy,

@@ -682,7 +682,11 @@ async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
         )
         .await;
         stop_child(&mut child);
-        let failures: u64 = cluster.nodes().iter().map(|n| n.stats().ntlm_failures).sum();
+        let failures: u64 = cluster
+            .nodes()
+            .iter()
+            .map(|n| n.stats().ntlm_failures)
+            .sum();
         println!("simulated nodes:");
         for n in cluster.nodes() {
             let s = n.stats();

@@ -113,6 +113,10 @@ pub async fn send(
             Ok(Err(SendError::Failed(e))) => ProxyError::Upstream(e.to_string()),
             Err(_) => ProxyError::Timeout,
         };
+        if had_pair {
+            // The paired node connection went with the failed request: close the client's.
+            conn.paired.set_broken();
+        }
         passive_error(snap, node);
         return Err(failed(error, choice));
     }
