@@ -177,3 +177,107 @@ async fn portal_with_a_qlik_client_certificate_gets_a_ticket_that_finds_its_node
         .collect();
     assert!(made.iter().filter(|&&m| m > 0).count() >= 2, "{made:?}");
 }
+
+/// A node's REST port over HTTPS that requires a client certificate of the Qlik root CA (as a
+/// QPS's 4243 does), in front of the simulator's plain one. Returns its address.
+async fn qlik_rest_front(certs: &QlikCerts, to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(certs.dir.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.dir.join("server_key.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut node) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut node).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_listener_shows_the_qlik_client_certificate_to_https_nodes() {
+    let certs = QlikCerts::new();
+    let sim = SimCluster::start(2, 0, SimOptions::with_auth(Auth::Windows))
+        .await
+        .unwrap();
+    let mut fronts = Vec::new();
+    for a in sim.rest_addrs() {
+        fronts.push(qlik_rest_front(&certs, a).await);
+    }
+    let d = |f: &str| certs.dir.join(f).display().to_string();
+    let config = |node_cert: bool| {
+        let mut text = format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n\
+             [listeners.rest]\naddress = \"127.0.0.1:0\"\nrole = \"rest-api\"\nnode_tls = true\n{}\
+             [upstream]\nca_file = \"{}\"\n",
+            if node_cert {
+                format!(
+                    "node_cert_file = \"{}\"\nnode_key_file = \"{}\"\n",
+                    d("client.pem"),
+                    d("client_key.pem")
+                )
+            } else {
+                String::new()
+            },
+            d("root.pem")
+        );
+        for (i, a) in sim.addrs().iter().enumerate() {
+            text.push_str(&format!(
+                "[[nodes]]\nid = \"qps{}\"\naddress = \"{a}\"\naddresses = {{ rest = \"{}\" }}\n",
+                i + 1,
+                fronts[i]
+            ));
+        }
+        Config::from_toml(&text, Path::new(".")).unwrap()
+    };
+    let post = |rest: std::net::SocketAddr| async move {
+        let mut c = lb_sim::browser::Conn::connect(rest).await.unwrap();
+        c.send(
+            http::Method::POST,
+            "/qps/ticket",
+            &[("content-type", "application/json")],
+            "{\"UserDirectory\":\"PORTAL\",\"UserId\":\"n\"}",
+        )
+        .await
+        .unwrap()
+    };
+    // With the client certificate the nodes' HTTPS REST ports answer.
+    let lb = lb::Server::start(config(true)).await.unwrap();
+    let r = post(lb.listener_addr("rest").unwrap()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body.contains("Ticket"));
+    lb.shutdown().await;
+    // Without it they refuse the TLS session: 502, no ticket.
+    let lb = lb::Server::start(config(false)).await.unwrap();
+    let r = post(lb.listener_addr("rest").unwrap()).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let issued: u64 = sim.nodes().iter().map(|n| n.stats().tickets_issued).sum();
+    assert_eq!(issued, 1);
+}
