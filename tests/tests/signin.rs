@@ -614,3 +614,90 @@ async fn reload_applies_listener_settings_but_refuses_moving_or_adding_listeners
         .unwrap();
     assert_eq!(r.status, 401);
 }
+
+/// A node that challenges with NTLM on every request and counts its connections, closing one
+/// after `close_after` answers (0: never).
+async fn challenging_node(close_after: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, c) = (opened.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            o.fetch_add(1, Ordering::Relaxed);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(tcp);
+                let mut answered = 0;
+                'conn: loop {
+                    // Read one request head (no bodies here).
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line).await {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let resp = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n";
+                    if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    answered += 1;
+                    if answered == close_after {
+                        break;
+                    }
+                }
+                c.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (addr, opened, closed)
+}
+
+#[tokio::test]
+async fn a_paired_node_connection_closes_with_its_client_and_the_client_with_it() {
+    let start = |node: SocketAddr| async move {
+        let text = format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n[health]\nenabled = false\n\
+             [[nodes]]\nid = \"qps1\"\naddress = \"{node}\"\n"
+        );
+        Server::start(Config::from_toml(&text, Path::new(".")).unwrap())
+            .await
+            .unwrap()
+    };
+    let (node, opened, closed) = challenging_node(0).await;
+    let lb = start(node).await;
+    // Three clients, three requests each: one node connection per client, never shared.
+    for _ in 0..3 {
+        let mut c = Conn::connect(lb.proxy_addr()).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.get("/", &[UA]).await.unwrap().status, 401);
+        }
+        drop(c);
+    }
+    lb_tests::faults::wait_for(
+        Duration::from_secs(5),
+        "paired node connections closed",
+        || closed.load(Ordering::Relaxed) == 3,
+    )
+    .await;
+    assert_eq!(opened.load(Ordering::Relaxed), 3);
+
+    // The node closes a paired connection: that client's next request is not sent anywhere
+    // else (502) and its connection is closed.
+    let (node, opened, _) = challenging_node(1).await;
+    let lb2 = start(node).await;
+    let mut c = Conn::connect(lb2.proxy_addr()).await.unwrap();
+    assert_eq!(c.get("/", &[UA]).await.unwrap().status, 401);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.get("/", &[UA]).await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(
+        opened.load(Ordering::Relaxed),
+        1,
+        "not sent on another connection"
+    );
+}
