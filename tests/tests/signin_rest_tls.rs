@@ -35,9 +35,16 @@ fn write_leaf(dir: &Path, name: &str, issuer: &Issuer<'static, KeyPair>) -> (Pat
     (c, k)
 }
 
+impl Drop for QlikCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl QlikCerts {
-    fn new() -> QlikCerts {
-        let dir = std::env::temp_dir().join(format!("lb-rest-tls-{}", std::process::id()));
+    /// `tag`: one folder per test (tests of a binary run at once).
+    fn new(tag: &str) -> QlikCerts {
+        let dir = std::env::temp_dir().join(format!("lb-rest-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -106,7 +113,7 @@ async fn post_ticket(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_with_a_qlik_client_certificate_gets_a_ticket_that_finds_its_node() {
-    let certs = QlikCerts::new();
+    let certs = QlikCerts::new("portal");
     let sim = SimCluster::start(3, 0, SimOptions::with_auth(Auth::Windows))
         .await
         .unwrap();
@@ -223,7 +230,7 @@ async fn qlik_rest_front(certs: &QlikCerts, to: std::net::SocketAddr) -> std::ne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_api_listener_shows_the_qlik_client_certificate_to_https_nodes() {
-    let certs = QlikCerts::new();
+    let certs = QlikCerts::new("nodes");
     let sim = SimCluster::start(2, 0, SimOptions::with_auth(Auth::Windows))
         .await
         .unwrap();

@@ -128,6 +128,7 @@ async fn saml_login(same_site: &str) -> (bool, String) {
         && rejections == 0
         && dom.contains(&format!("ok {}", started[0]));
     lb.shutdown().await;
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
     (ok, format!("{sessions:?}, rejections {rejections}: {dom}"))
 }
 
