@@ -135,9 +135,7 @@ fn route_pin(snap: &Snapshot, value: &[u8]) -> RoutePin {
 /// listener goes to the node that made it (the ticket is valid there only), before any other
 /// pin.
 pub fn ticket_pin(state: &State, snap: &Snapshot, uri: &http::Uri, choice: &mut Choice) {
-    if state.tickets.is_empty() {
-        return;
-    }
+    // Most requests have no query: nothing to look up.
     let Some(id) = uri
         .query()
         .and_then(crate::sticky::tickets::ticket_in_query)
