@@ -31,6 +31,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerFile,
     pub listener: ListenerFile,
+    /// More proxy listeners by name (`[listeners.auth]`, `[listeners.rest]`).
+    #[serde(default)]
+    pub listeners: BTreeMap<String, ListenerFile>,
     #[serde(default)]
     pub upstream: UpstreamFile,
     #[serde(default)]
@@ -111,6 +114,41 @@ pub struct ListenerFile {
     pub body_timeout: Dur,
     #[serde(default = "d_send_timeout")]
     pub send_timeout: Dur,
+    /// Named listeners only: the nodes' port behind this listener (a node's address for it
+    /// defaults to the node's host with this port).
+    #[serde(default)]
+    pub node_port: Option<u16>,
+    #[serde(default)]
+    pub role: ListenerRole,
+    /// Request headers removed from every client request on this listener.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// Request headers kept only from `trusted_proxies`, removed from everyone else.
+    #[serde(default)]
+    pub trusted_headers: Vec<String>,
+    /// A trusted front (a TLS-terminating load balancer) serves this listener's clients over
+    /// HTTPS: cookies are `Secure` although this listener speaks plain HTTP.
+    #[serde(default)]
+    pub tls_front: bool,
+    /// REST API listener only: the nodes' REST ports speak HTTPS.
+    #[serde(default)]
+    pub node_tls: bool,
+    /// REST API listener only: the client certificate (PEM) shown to the nodes.
+    #[serde(default)]
+    pub node_cert_file: Option<String>,
+    #[serde(default)]
+    pub node_key_file: Option<String>,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerRole {
+    /// Users' traffic (the user port, the Windows authentication port, ...).
+    #[default]
+    Users,
+    /// The QPS REST API (port 4243) for portals: tickets and sessions are learned.
+    RestApi,
 }
 
 fn d_body_timeout() -> Dur {
@@ -203,6 +241,29 @@ pub struct StickyFile {
     pub route_cookie: String,
     pub route_key: Option<String>,
     pub route_key_file: Option<String>,
+    pub same_site: SameSite,
+    pub domain: Option<String>,
+    pub ticket_lifetime: Dur,
+}
+
+/// `SameSite` of the route cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 impl Default for StickyFile {
@@ -215,6 +276,9 @@ impl Default for StickyFile {
             route_cookie: "QLB_ROUTE".into(),
             route_key: None,
             route_key_file: None,
+            same_site: SameSite::Lax,
+            domain: None,
+            ticket_lifetime: secs(90),
         }
     }
 }
@@ -355,4 +419,8 @@ pub struct NodeFile {
     pub tls: bool,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The node's address behind each named listener (default: its host with the listener's
+    /// `node_port`).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, String>,
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub use file::{BalanceStrategy, ProxyProtocolMode};
+pub use file::{BalanceStrategy, ListenerRole, ProxyProtocolMode, SameSite};
 
 /// One problem in a configuration file, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,9 @@ impl ConfigErrors {
 pub struct Config {
     pub server: Server,
     pub listener: Listener,
+    /// The named listeners (`[listeners.<name>]`), by name; listener `i + 1` of
+    /// [`Config::listener_at`].
+    pub listeners: Vec<Listener>,
     pub upstream: Upstream,
     pub websocket: WebSocket,
     pub sticky: Sticky,
@@ -114,6 +117,23 @@ pub struct Listener {
     pub body_timeout: Duration,
     /// Longest a response write to the client may stay blocked (0: none).
     pub send_timeout: Duration,
+    /// `users` for `[listener]`, else the name of `[listeners.<name>]`.
+    pub name: String,
+    pub node_port: Option<u16>,
+    pub role: ListenerRole,
+    pub strip_headers: Vec<HeaderName>,
+    pub trusted_headers: Vec<HeaderName>,
+    pub tls_front: bool,
+    pub node_tls: bool,
+    pub node_cert_file: Option<PathBuf>,
+    pub node_key_file: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Clients reach this listener over HTTPS (its own TLS, or a trusted front's).
+    pub fn clients_use_https(&self) -> bool {
+        self.tls.is_some() || self.tls_front
+    }
 }
 
 /// Certificate files of an HTTPS listener (read and checked by `lb` when it compiles the
@@ -157,6 +177,10 @@ pub struct Sticky {
     pub route_cookie: String,
     /// HMAC key of the route cookie. `None`: a random key for this process only.
     pub route_key: Option<Vec<u8>>,
+    pub same_site: SameSite,
+    pub domain: Option<String>,
+    /// How long a ticket made through the REST API listener pins its node.
+    pub ticket_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +263,8 @@ pub struct Node {
     /// The name the certificate of an HTTPS node is checked against (and SNI):
     /// `server_name` when it is a DNS name or an IP address, else the node's IP address.
     pub tls_server_name: rustls_pki_types::ServerName<'static>,
+    /// The node's address behind each named listener, in the order of [`Config::listeners`].
+    pub addresses: Vec<SocketAddr>,
 }
 
 impl Telemetry {
@@ -277,6 +303,19 @@ impl Config {
         } else {
             Err(ConfigErrors(v.errors))
         }
+    }
+
+    /// Listener `i`: 0 is `[listener]`, `i > 0` is `listeners[i - 1]`.
+    pub fn listener_at(&self, i: usize) -> &Listener {
+        match i {
+            0 => &self.listener,
+            i => self.listeners.get(i - 1).unwrap_or(&self.listener),
+        }
+    }
+
+    /// Every listener: `[listener]` first, then the named ones.
+    pub fn all_listeners(&self) -> impl Iterator<Item = &Listener> {
+        std::iter::once(&self.listener).chain(self.listeners.iter())
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {

@@ -403,3 +403,120 @@ fn admin_token_file() {
     assert!(e.0[0].message.contains("at least 16"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const SIGNIN: &str = r#"
+    [listener]
+    address = "127.0.0.1:18000"
+    [listeners.auth]
+    address = "127.0.0.1:18044"
+    node_port = 4244
+    [listeners.rest]
+    address = "127.0.0.1:18043"
+    role = "rest-api"
+    node_port = 4243
+    [[nodes]]
+    id = "qps1"
+    address = "10.0.0.1:443"
+    [[nodes]]
+    id = "qps2"
+    address = "10.0.0.2:443"
+    addresses = { auth = "10.0.0.2:14244" }
+"#;
+
+#[test]
+fn named_listeners_give_each_node_an_address_per_listener() {
+    let c = parse(SIGNIN).unwrap();
+    let names: Vec<_> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["auth", "rest"]);
+    assert_eq!(c.listener.name, "users");
+    assert_eq!(c.listener_at(2).role, ListenerRole::RestApi);
+    let addrs =
+        |i: usize| -> Vec<String> { c.nodes[i].addresses.iter().map(|a| a.to_string()).collect() };
+    assert_eq!(addrs(0), ["10.0.0.1:4244", "10.0.0.1:4243"]);
+    assert_eq!(addrs(1), ["10.0.0.2:14244", "10.0.0.2:4243"]);
+    assert_eq!(c.sticky.same_site, SameSite::Lax);
+    assert_eq!(c.sticky.ticket_lifetime, Duration::from_secs(90));
+}
+
+#[test]
+fn named_listener_problems_are_reported_with_their_keys() {
+    let bad = SIGNIN
+        .replace("node_port = 4243\n", "")
+        .replace("[listeners.auth]", "[listeners.Auth]")
+        .replace(
+            "address = \"127.0.0.1:18043\"",
+            "address = \"127.0.0.1:18000\"",
+        )
+        .replace(
+            "addresses = { auth",
+            "addresses = { nope = \"1.2.3.4:5\", Auth",
+        );
+    let e = parse(&bad).unwrap_err().to_string();
+    for want in [
+        "listeners.Auth: \"Auth\" is not a listener name",
+        "listeners.rest.address: 127.0.0.1:18000 is already the address of another listener",
+        "nodes[0].addresses.rest: no address for listener \"rest\"",
+        "nodes[1].addresses.nope: there is no [listeners.nope]",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = parse(&SIGNIN.replace(
+        "role = \"rest-api\"",
+        "role = \"rest-api\"\nallowed_hosts = [\"a\"]",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("listeners.rest.allowed_hosts: set in [listener]"),
+        "{e}"
+    );
+    let e = parse(&MIN.replace("[[nodes]]", "node_port = 1\n[[nodes]]"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listener.node_port"), "{e}");
+}
+
+#[test]
+fn same_site_none_needs_https_on_every_users_listener() {
+    let none = format!("{SIGNIN}\n[sticky]\nsame_site = \"none\"\n");
+    let e = parse(&none).unwrap_err().to_string();
+    assert!(
+        e.contains("sticky.same_site") && e.contains("users, auth"),
+        "{e}"
+    );
+    // A trusted front terminating TLS for both users' listeners is enough (the REST API
+    // listener sets no route cookie).
+    let fronted = none
+        .replace(
+            "address = \"127.0.0.1:18000\"",
+            "address = \"127.0.0.1:18000\"\ntls_front = true",
+        )
+        .replace("node_port = 4244", "node_port = 4244\ntls_front = true");
+    let c = parse(&fronted).unwrap();
+    assert_eq!(c.sticky.same_site, SameSite::None);
+    assert!(c.listener.clients_use_https());
+    let e = parse(&format!("{MIN}\n[sticky]\ndomain = \"bad domain\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sticky.domain"), "{e}");
+    let c = parse(&format!("{MIN}\n[sticky]\ndomain = \".Example.com\"\n")).unwrap();
+    assert_eq!(c.sticky.domain.as_deref(), Some("example.com"));
+}
+
+#[test]
+fn header_lists_come_out_typed() {
+    let c = parse(&MIN.replace(
+        "address = \"127.0.0.1:18000\"",
+        "address = \"127.0.0.1:18000\"\nstrip_headers = [\"X-Qlik-HeaderAuth\"]\ntrusted_headers = [\"X-Portal-User\"]",
+    ))
+    .unwrap();
+    assert_eq!(c.listener.strip_headers[0].as_str(), "x-qlik-headerauth");
+    assert_eq!(c.listener.trusted_headers[0].as_str(), "x-portal-user");
+    let e = parse(&MIN.replace(
+        "address = \"127.0.0.1:18000\"",
+        "address = \"127.0.0.1:18000\"\nstrip_headers = [\"bad header\"]",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("listener.strip_headers[0]"), "{e}");
+}

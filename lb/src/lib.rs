@@ -67,6 +67,18 @@ pub fn summary(c: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "  version       {}", c.version);
     let _ = writeln!(s, "  proxy         {}", c.listener.address);
+    for l in &c.listeners {
+        let _ = writeln!(
+            s,
+            "  {:<13} {} ({:?}{})",
+            l.name,
+            l.address,
+            l.role,
+            l.node_port
+                .map(|p| format!(", node port {p}"))
+                .unwrap_or_default()
+        );
+    }
     match &c.admin {
         Some(a) => {
             let _ = writeln!(
@@ -128,6 +140,9 @@ pub fn summary(c: &Config) -> String {
             n.zone.as_deref().unwrap_or("-"),
             n.engine.as_deref().unwrap_or("-")
         );
+        for (l, a) in c.listeners.iter().zip(&n.addresses) {
+            let _ = writeln!(s, "      {:<10} {a}", l.name);
+        }
     }
     s
 }

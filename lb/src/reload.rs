@@ -65,6 +65,14 @@ impl State {
         if let Err(e) = restart_settings_kept(&old.config, &config) {
             return Err(self.refuse(e));
         }
+        let named = self
+            .named_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Err(moved) = named_listeners_kept(&old.config, &config, &named) {
+            return Err(self.refuse(moved));
+        }
         if config.sticky.route_key.is_some()
             && config.sticky.route_key != old.config.sticky.route_key
         {
@@ -144,6 +152,41 @@ fn restart_settings_kept(old: &Config, new: &Config) -> Result<(), String> {
         Err(format!(
             "{}: this change needs a restart (the running configuration stays)",
             changed.join(", ")
+))
+    }
+}
+
+/// The named listeners cannot be added, removed or moved without a restart: the same names,
+/// each at its old configured or bound address.
+fn named_listeners_kept(old: &Config, new: &Config, bound: &[SocketAddr]) -> Result<(), String> {
+    let names = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<Vec<_>>()
+    };
+    if names(old) != names(new) {
+        return Err(format!(
+            "listeners: [{}] -> [{}]: adding or removing a listener needs a restart",
+            names(old).join(", "),
+            names(new).join(", ")
+        ));
+    }
+    let mut moved = Vec::new();
+    for (i, (was, now)) in old.listeners.iter().zip(&new.listeners).enumerate() {
+        if now.address != was.address && Some(&now.address) != bound.get(i) {
+            moved.push(format!(
+                "listeners.{}.address: {} -> {}",
+                now.name, was.address, now.address
+            ));
+        }
+    }
+    if moved.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: a listener address change needs a restart",
+            moved.join("; ")
         ))
     }
 }

@@ -20,7 +20,31 @@ pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     module_addr: Option<SocketAddr>,
+    /// The named listeners (`[listeners.<name>]`) and the addresses they are bound to.
+    named_addrs: Vec<(String, SocketAddr)>,
     tasks: TaskTracker,
+}
+
+/// Binds the named listeners (`[listeners.<name>]`) and records their bound addresses.
+#[allow(clippy::type_complexity)]
+fn bind_named(
+    config: &Config,
+    state: &State,
+) -> anyhow::Result<(Vec<(TcpListener, SocketAddr)>, Vec<(String, SocketAddr)>)> {
+    let mut named = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let key = format!("listeners.{}.address", l.name);
+        named.push(bind_for(l.address, &key)?);
+    }
+    let named_addrs: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .zip(&named)
+        .map(|(l, (_, a))| (l.name.clone(), *a))
+        .collect();
+    *state.named_bound.lock().unwrap_or_else(|e| e.into_inner()) =
+        named_addrs.iter().map(|(_, a)| *a).collect();
+    Ok((named, named_addrs))
 }
 
 /// Binds `addr`, naming the configuration key in the error.
@@ -103,13 +127,24 @@ impl Server {
         }
         *state.bound.lock().unwrap_or_else(|e| e.into_inner()) =
             [Some(proxy_addr), admin_addr, module_addr];
+        let (named, named_addrs) = bind_named(&config, &state)?;
         let accept_state = state.clone();
         tasks.spawn(listen::accept_loop(
             proxy,
             "proxy",
             Lifetime::of(&state),
-            move |stream, peer| listen::proxy::accept(&accept_state, stream, peer),
+            move |stream, peer| listen::proxy::accept(&accept_state, 0, stream, peer),
         ));
+        for (i, (l, addr)) in named.into_iter().enumerate() {
+            let accept_state = state.clone();
+            tasks.spawn(listen::accept_loop(
+                l,
+                "proxy",
+                Lifetime::of(&state),
+                move |stream, peer| listen::proxy::accept(&accept_state, i + 1, stream, peer),
+            ));
+            tracing::info!(%addr, listener = %named_addrs[i].0, "proxy listener ready");
+        }
         tasks.spawn(crate::tasks::sweeper(state.clone()));
         tasks.spawn(crate::health::run(state.clone()));
         if let Some(p) = path {
@@ -121,12 +156,21 @@ impl Server {
             proxy_addr,
             admin_addr,
             module_addr,
+            named_addrs,
             tasks,
         })
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// The bound address of the named listener `name` (`[listeners.<name>]`).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.named_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

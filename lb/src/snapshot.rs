@@ -49,6 +49,8 @@ pub struct Node {
     pub engine: Option<String>,
     /// Connections to the node (the pool holds the node's one connector).
     pub pool: Arc<Pool>,
+    /// Connections to the node's port behind each named listener (`Config::listeners` order).
+    pub ports: Box<[Arc<Pool>]>,
     pub metrics: NodeMetrics,
 }
 
@@ -76,6 +78,14 @@ impl NodeMetrics {
 }
 
 impl Node {
+    /// The pool behind listener `i` (0: `[listener]`, the node's own address).
+    pub fn pool_for(&self, listener: usize) -> &Arc<Pool> {
+        match listener {
+            0 => &self.pool,
+            i => self.ports.get(i - 1).unwrap_or(&self.pool),
+        }
+    }
+
     /// Can this node serve a request now?
     pub fn usable(&self, now_ms: u64) -> bool {
         self.retiring_until_ms.is_none_or(|t| now_ms < t) && self.state.usable(now_ms)
@@ -102,6 +112,8 @@ pub struct Snapshot {
     pub no_node: [Counter; 5],
     /// TLS of the proxy listener (new connections use the snapshot current when they arrive).
     pub listener_tls: Option<Acceptor>,
+    /// TLS of each named listener (`Config::listeners` order).
+    pub named_tls: Vec<Option<Acceptor>>,
     /// `Strict-Transport-Security` value for HTTPS responses, when enabled.
     pub hsts: Option<HeaderValue>,
     /// Host allow list (lowercase; `*.domain` wildcards); empty: any host.
@@ -126,6 +138,7 @@ impl Snapshot {
             let configured = config.nodes.iter().map(|n| NodeSpec {
                 id: n.id.clone(),
                 addr: n.address,
+                port_addrs: n.addresses.clone(),
                 zone: n.zone.clone(),
                 engine: n.engine.clone(),
                 https: n.tls,
@@ -159,7 +172,16 @@ impl Snapshot {
                 .map(|c| metrics::counter!("lb_requests_total", "node" => "", "class" => c)),
             listener_tls: tls
                 .listener
+                .clone()
                 .map(|c| Acceptor(tokio_rustls::TlsAcceptor::from(c))),
+            named_tls: tls
+                .listeners
+                .iter()
+                .map(|t| {
+                    t.clone()
+                        .map(|c| Acceptor(tokio_rustls::TlsAcceptor::from(c)))
+                })
+                .collect(),
             hsts: hsts(&config),
             allowed_hosts: config.listener.allowed_hosts.clone(),
             websocket_origins: config.listener.websocket_origins.clone(),
@@ -177,6 +199,14 @@ impl Snapshot {
 
     pub fn pos_of_idx(&self, idx: NodeIdx) -> Option<NodePos> {
         self.by_idx.get(&idx).copied()
+    }
+
+    /// The TLS acceptor of listener `i` (0: `[listener]`).
+    pub fn tls_of(&self, listener: usize) -> Option<&Acceptor> {
+        match listener {
+            0 => self.listener_tls.as_ref(),
+            i => self.named_tls.get(i - 1).and_then(Option::as_ref),
+        }
     }
 
     /// The node at `pos` of this snapshot.
@@ -225,6 +255,8 @@ impl Snapshot {
 struct NodeSpec {
     id: String,
     addr: SocketAddr,
+    /// Behind each named listener of the configuration.
+    port_addrs: Vec<SocketAddr>,
     zone: Option<String>,
     engine: Option<String>,
     https: bool,
@@ -240,6 +272,17 @@ fn retiring(prev: &Snapshot, config: &Config) -> Vec<NodeSpec> {
         if config.node(&old.id).is_some() {
             continue;
         }
+        // A retiring node keeps its ports for the listeners that are still configured.
+        let port_addrs = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                old.ports
+                    .get(i)
+                    .map_or(old.pool.connector().addr, |p| p.connector().addr)
+            })
+            .collect();
         let until = old.retiring_until_ms.unwrap_or(now + drain);
         if until <= now {
             continue;
@@ -251,6 +294,7 @@ fn retiring(prev: &Snapshot, config: &Config) -> Vec<NodeSpec> {
                 .as_str()
                 .parse()
                 .expect("authority made from a socket address"),
+            port_addrs,
             zone: old.zone.clone(),
             engine: old.engine.clone(),
             https: old.scheme == Scheme::HTTPS,
@@ -267,7 +311,11 @@ struct NodeMaker<'a> {
     registry: &'a NodeRegistry,
     route_key: &'a RouteKey,
     node_tls: tokio_rustls::TlsConnector,
+    /// Per named listener: its own client configuration toward the nodes, when it has one.
+    port_tls: Vec<Option<tokio_rustls::TlsConnector>>,
     server_names: HashMap<&'a str, &'a str>,
+    /// `; Domain=...; SameSite=...` of the route cookie.
+    cookie_attrs: String,
 }
 
 impl<'a> NodeMaker<'a> {
@@ -277,11 +325,24 @@ impl<'a> NodeMaker<'a> {
         registry: &'a NodeRegistry,
         route_key: &'a RouteKey,
     ) -> Self {
-        let node_tls = {
-            let mut c = (*tls.upstream).clone();
+        let connector = |c: &rustls::ClientConfig| {
+            let mut c = c.clone();
             c.alpn_protocols = vec![b"http/1.1".to_vec()];
             tokio_rustls::TlsConnector::from(Arc::new(c))
         };
+        let node_tls = connector(&tls.upstream);
+        let port_tls = tls
+            .node_clients
+            .iter()
+            .map(|c| c.as_deref().map(connector))
+            .collect();
+        let mut cookie_attrs = String::new();
+        if let Some(d) = &config.sticky.domain {
+            cookie_attrs.push_str("; Domain=");
+            cookie_attrs.push_str(d);
+        }
+        cookie_attrs.push_str("; SameSite=");
+        cookie_attrs.push_str(config.sticky.same_site.as_str());
         let server_names = config
             .nodes
             .iter()
@@ -292,7 +353,9 @@ impl<'a> NodeMaker<'a> {
             registry,
             route_key,
             node_tls,
+            port_tls,
             server_names,
+            cookie_attrs,
         }
     }
 
@@ -300,6 +363,7 @@ impl<'a> NodeMaker<'a> {
         let NodeSpec {
             id,
             addr,
+            port_addrs,
             zone,
             engine,
             https,
@@ -309,23 +373,49 @@ impl<'a> NodeMaker<'a> {
         let state = self.registry.get_or_create(&id);
         let value = self.route_key.value_for(&id);
         let route_name = &config.sticky.route_cookie;
-        let cookie = format!("{route_name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        let cookie = format!(
+            "{route_name}={value}; Path=/; HttpOnly{}",
+            self.cookie_attrs
+        );
         let local = match (&config.balance.zone, &zone) {
             (Some(own), Some(z)) => own == z,
             (Some(_), None) => false,
             (None, _) => true,
         };
-        let connector = NodeConnector {
-            addr,
-            timeout: config.upstream.connect_timeout,
-            tls: https.then(|| {
-                let name = self.server_names.get(id.as_str()).copied();
-                (
-                    self.node_tls.clone(),
-                    NodeConnector::server_name(addr, name),
-                )
-            }),
+        let name = self.server_names.get(id.as_str()).copied();
+        let connector_to =
+            |addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>| NodeConnector {
+                addr,
+                timeout: config.upstream.connect_timeout,
+                tls: tls.map(|t| (t.clone(), NodeConnector::server_name(addr, name))),
+            };
+        let pool_of = |c: NodeConnector| {
+            Pool::new(
+                c,
+                config.upstream.pool_max_idle_per_node,
+                config.upstream.pool_idle_timeout,
+            )
         };
+        let connector = connector_to(addr, https.then_some(&self.node_tls));
+        let ports = port_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let l = config.listeners.get(i);
+                let rest = l.is_some_and(|l| l.role == lb_config::ListenerRole::RestApi);
+                let tls = if rest {
+                    l.is_some_and(|l| l.node_tls).then(|| {
+                        self.port_tls
+                            .get(i)
+                            .and_then(Option::as_ref)
+                            .unwrap_or(&self.node_tls)
+                    })
+                } else {
+                    https.then_some(&self.node_tls)
+                };
+                pool_of(connector_to(a, tls))
+            })
+            .collect();
         Node {
             id: state.id.clone(),
             state,
@@ -340,11 +430,8 @@ impl<'a> NodeMaker<'a> {
             set_cookie_secure: HeaderValue::from_str(&format!("{cookie}; Secure"))
                 .expect("checked cookie name and value"),
             engine,
-            pool: Pool::new(
-                connector,
-                config.upstream.pool_max_idle_per_node,
-                config.upstream.pool_idle_timeout,
-            ),
+            pool: pool_of(connector),
+            ports,
             metrics: NodeMetrics::new(&id),
         }
     }

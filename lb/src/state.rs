@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::snapshot::Snapshot;
-use crate::sticky::{RouteKey, StickyTable};
+use crate::sticky::{RouteKey, StickyTable, Tickets};
 use crate::telemetry::{Telemetry, TelemetryRanking};
 use crate::upstream::{LoadRanking, NodeRegistry};
 
@@ -38,6 +38,10 @@ pub struct State {
     pub bound: Mutex<[Option<SocketAddr>; 3]>,
     pub registry: NodeRegistry,
     pub sticky: StickyTable,
+    /// Tickets made through the REST API listener, pinned to their node.
+    pub tickets: Tickets,
+    /// Addresses the named listeners are bound to (`Config::listeners` order).
+    pub named_bound: Mutex<Vec<SocketAddr>>,
     pub route_key: RouteKey,
     /// Cancelled when the balancer stops accepting (shutdown begins).
     pub shutdown: CancellationToken,
@@ -55,6 +59,8 @@ pub struct State {
 /// Metric handles of the process-wide counters, made once.
 pub struct StateMetrics {
     pub learned_total: Counter,
+    /// Client connections paired with a node connection (connection-bound authentication).
+    pub auth_paired: Counter,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
     pub ws_bytes_to_node: Counter,
@@ -153,6 +159,8 @@ impl State {
             bound: Mutex::new([None; 3]),
             registry,
             sticky,
+            tickets: Tickets::new(1_000_000),
+            named_bound: Mutex::new(Vec::new()),
             route_key,
             shutdown: CancellationToken::new(),
             tunnels_close: CancellationToken::new(),
@@ -163,6 +171,7 @@ impl State {
             per_client: DashMap::new(),
             metrics_handles: StateMetrics {
                 learned_total: metrics::counter!("lb_sticky_learned_total"),
+                auth_paired: metrics::counter!("lb_auth_paired_connections_total"),
                 open_connections: metrics::gauge!("lb_open_connections"),
                 open_tunnels: metrics::gauge!("lb_open_websockets"),
                 ws_bytes_to_node: metrics::counter!("lb_websocket_bytes_total", "direction" => "to_node"),

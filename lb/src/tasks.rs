@@ -121,6 +121,7 @@ pub async fn sweeper(state: Arc<State>) {
             let (expired, evicted) = state.sticky.sweep();
             expirations.increment(expired);
             evictions.increment(evicted);
+            state.tickets.sweep();
         }
         size.set(state.sticky.len() as f64);
         close_retired_tunnels(&state, &mut retired);

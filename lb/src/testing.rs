@@ -36,6 +36,19 @@ impl<'a> TestHandle<'a> {
         self.state.open_tunnels.load(Ordering::Relaxed)
     }
 
+    /// The Prometheus text of this process's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render()
+    }
+
+    /// Whether the sticky table holds a live pin for session cookie value `value`.
+    pub fn learned_node(&self, value: &str) -> Option<String> {
+        let idx = self.state.sticky.lookup(value.as_bytes())?;
+        let snap = self.state.snapshot.load();
+        let pos = snap.pos_of_idx(crate::upstream::NodeIdx(idx))?;
+        Some(snap.node(pos).id.to_string())
+    }
+
     /// The route cookie value that pins to node `id`.
     pub fn route_value(&self, id: &str) -> String {
         self.state.route_key.value_for(id)

@@ -121,14 +121,34 @@ pub fn client_config(
     insecure: bool,
     system_roots: bool,
 ) -> Result<Arc<ClientConfig>, String> {
+    client_config_with_cert(ca_file, insecure, system_roots, None)
+}
+
+/// Like [`client_config`], showing a client certificate (`(cert, key)` PEM files) when set:
+/// the REST API listener's connections to the nodes' REST ports.
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    insecure: bool,
+    system_roots: bool,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, String> {
+    let with_auth =
+        |b: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>| match client_cert
+        {
+            None => Ok(b.with_no_client_auth()),
+            Some((cert, k)) => b
+                .with_client_auth_cert(certs(cert)?, key(k)?)
+                .map_err(|e| format!("{} and {}: {e}", cert.display(), k.display())),
+        };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| e.to_string())?;
     let mut cfg = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-            .with_no_client_auth()
+        with_auth(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider()))),
+        )?
     } else {
         let mut roots = RootCertStore::empty();
         match ca_file {
@@ -148,7 +168,7 @@ pub fn client_config(
             }
             None => {}
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        with_auth(builder.with_root_certificates(roots))?
     };
     // ALPN (http/1.1) is set by the connector.
     cfg.alpn_protocols.clear();
@@ -218,6 +238,11 @@ impl std::fmt::Debug for Acceptor {
 #[derive(Clone)]
 pub struct Loaded {
     pub listener: Option<Arc<ServerConfig>>,
+    /// TLS of each named listener, in the order of `Config::listeners`.
+    pub listeners: Vec<Option<Arc<ServerConfig>>>,
+    /// A REST API listener's client configuration toward the nodes (its client certificate),
+    /// in the order of `Config::listeners`; `None`: `upstream`.
+    pub node_clients: Vec<Option<Arc<ClientConfig>>>,
     pub module: Option<Arc<ServerConfig>>,
     pub upstream: Arc<ClientConfig>,
 }
@@ -235,6 +260,27 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
         Some(t) => server_config(t).map_err(|e| err("listener.tls", e)).ok(),
         None => None,
     };
+    let mut listeners = Vec::with_capacity(c.listeners.len());
+    let mut node_clients = Vec::with_capacity(c.listeners.len());
+    for l in &c.listeners {
+        listeners.push(match &l.tls {
+            Some(t) => server_config(t)
+                .map_err(|e| err(&format!("listeners.{}.tls", l.name), e))
+                .ok(),
+            None => None,
+        });
+        node_clients.push(match (&l.node_cert_file, &l.node_key_file) {
+            (Some(cert), Some(k)) => client_config_with_cert(
+                c.upstream.ca_file.as_deref(),
+                c.upstream.insecure_skip_verify,
+                l.node_tls,
+                Some((cert, k)),
+            )
+            .map_err(|e| err(&format!("listeners.{}.node_cert_file", l.name), e))
+            .ok(),
+            _ => None,
+        });
+    }
     let module = match c.module.as_ref().and_then(|module| module.tls.as_ref()) {
         Some(t) => server_config(t).map_err(|e| err("module.tls", e)).ok(),
         None => None,
@@ -242,13 +288,15 @@ pub fn load(c: &lb_config::Config) -> Result<Loaded, lb_config::ConfigErrors> {
     let upstream = client_config(
         c.upstream.ca_file.as_deref(),
         c.upstream.insecure_skip_verify,
-        c.nodes.iter().any(|n| n.tls),
+        c.nodes.iter().any(|n| n.tls) || c.listeners.iter().any(|l| l.node_tls),
     )
     .map_err(|e| err("upstream.ca_file", e))
     .ok();
     match (upstream, errors.is_empty()) {
         (Some(upstream), true) => Ok(Loaded {
             listener,
+            listeners,
+            node_clients,
             module,
             upstream,
         }),

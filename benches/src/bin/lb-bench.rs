@@ -78,6 +78,14 @@ enum Cmd {
         /// Let the balancer write to this terminal (by default its output goes to a log file).
         #[arg(long)]
         show_lb_output: bool,
+        /// The nodes sign users in with Windows authentication (authentication ports
+        /// 19140-19142, REST API 19160-19162) and the users sign in through the balancer's
+        /// authentication listener (use with deploy/examples/windows-auth.toml).
+        #[arg(long)]
+        windows_auth: bool,
+        /// The balancer's authentication listener the nodes redirect to (with --windows-auth).
+        #[arg(long, default_value_t = 18044)]
+        auth_port: u16,
     },
     /// Mixed Qlik user journeys: login, hub/qmc requests, an app WebSocket with an echo burst.
     Qlik {
@@ -316,6 +324,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             json,
             show_lb_output,
+            windows_auth,
+            auth_port,
         } => {
             scenario::raise_nofile();
             let lb_bin = match lb_bin {
@@ -336,6 +346,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 json,
                 show_lb_output,
+                windows_auth: windows_auth.then_some(auth_port),
             };
             return runtime(threads)?.block_on(demo(demo_opts, opts));
         }
@@ -474,6 +485,8 @@ struct DemoOpts {
     listen: SocketAddr,
     json: Option<PathBuf>,
     show_lb_output: bool,
+    /// Sign users in with Windows authentication through this balancer port.
+    windows_auth: Option<u16>,
 }
 
 /// The module API of `deploy/examples/local.toml`.
@@ -576,6 +589,7 @@ async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
         listen,
         json,
         show_lb_output,
+        windows_auth,
     } = d;
     if !lb_bin.exists() {
         bail!(
@@ -592,11 +606,25 @@ async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
     if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
         bail!("{listen} is already in use: stop whatever listens there first");
     }
-    let cluster = SimCluster::start(3, 19100, SimOptions::default())
+    let sim_opts = match windows_auth {
+        Some(port) => SimOptions {
+            advertised_auth_port: Some(port),
+            ..SimOptions::with_auth(lb_sim::Auth::Windows)
+        },
+        None => SimOptions::default(),
+    };
+    let cluster = SimCluster::start(3, 19100, sim_opts)
         .await
         .context("starting simulated nodes on 127.0.0.1:19100-19102")?;
     for n in cluster.nodes() {
-        println!("simulated {} on {}", n.name(), n.addr());
+        match (n.auth_addr(), n.rest_addr()) {
+            (Some(a), Some(r)) => println!(
+                "simulated {} on {} (Windows authentication {a}, REST API {r})",
+                n.name(),
+                n.addr()
+            ),
+            _ => println!("simulated {} on {}", n.name(), n.addr()),
+        }
     }
     let log_path = std::env::temp_dir().join(format!("lb-demo-{}.log", std::process::id()));
     let mut cmd = Command::new(&lb_bin);
@@ -638,6 +666,59 @@ async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {
             bail!("the balancer did not accept connections on {listen} within 15 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(port) = windows_auth {
+        println!(
+            "balancer up on {listen}; {} users sign in with Windows authentication (NTLM) \
+             through the authentication listener on port {port}",
+            opts.connections
+        );
+        let cluster = std::sync::Arc::new(cluster);
+        let r = lb_bench::signin::windows_sign_ins(
+            listen,
+            cluster.clone(),
+            opts.connections,
+            Duration::from_millis(50),
+        )
+        .await;
+        stop_child(&mut child);
+        let failures: u64 = cluster
+            .nodes()
+            .iter()
+            .map(|n| n.stats().ntlm_failures)
+            .sum();
+        println!("simulated nodes:");
+        for n in cluster.nodes() {
+            let s = n.stats();
+            println!(
+                "  {:<6} NTLM sign-ins {:>5}  tickets {:>5}  sessions {:>5}  websockets {:>5}",
+                n.name(),
+                s.ntlm_logins,
+                s.tickets_issued,
+                n.session_count(),
+                s.ws_accepted
+            );
+        }
+        cluster.stop_all().await;
+        if let Some(path) = json.as_deref() {
+            std::fs::write(path, serde_json::to_string_pretty(&r)? + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        let ok = r.signed_in == r.users && r.broken == 0 && failures == 0;
+        println!(
+            "demo {}: {} of {} users signed in through Windows authentication, {} broken \
+             handshakes, {} WebSockets on their own node",
+            if ok { "PASSED" } else { "FAILED" },
+            r.signed_in,
+            r.users,
+            r.broken as u64 + failures,
+            r.websockets_on_own_node
+        );
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
     }
     println!(
         "balancer up on {listen}; running the qlik scenario with {} users for {:.0} s",

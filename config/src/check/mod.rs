@@ -89,7 +89,13 @@ impl<'a> Validator<'a> {
     /// Checks every section of `f`; `text` is the file it was parsed from.
     pub(crate) fn check(&mut self, f: file::FileConfig, text: &str) -> Config {
         let server = self.server(&f.server);
-        let listener = self.listener(&f.listener);
+        let listener = self.listener("listener", "users", &f.listener);
+        let listeners: Vec<_> = f
+            .listeners
+            .iter()
+            .map(|(name, l)| self.named_listener(name, l))
+            .collect();
+        self.listener_addresses_differ(&listener, &listeners);
         let upstream = self.upstream(&f.upstream);
         let websocket = self.websocket(&f.websocket);
         let sticky = self.sticky(&f.sticky);
@@ -100,11 +106,13 @@ impl<'a> Validator<'a> {
         let admin = f.admin.as_ref().map(|a| self.admin(a));
         let module = f.module.as_ref().map(|m| self.module(m));
         let telemetry = self.telemetry(&f.telemetry);
-        let nodes = self.nodes(&f.nodes);
+        let nodes = self.nodes(&f.nodes, &listeners);
+        self.same_site_needs_https(&sticky, &listener, &listeners);
         self.strategy_needs(&balance, &nodes);
         Config {
             server,
             listener,
+            listeners,
             upstream,
             websocket,
             sticky,
@@ -117,6 +125,51 @@ impl<'a> Validator<'a> {
             ranking: f.ranking.clone(),
             nodes,
             version: version_of(text),
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// Two listeners cannot share an address.
+    fn listener_addresses_differ(&mut self, main: &crate::Listener, named: &[crate::Listener]) {
+        let mut seen = vec![main.address];
+        for l in named {
+            if l.address.port() != 0 && seen.contains(&l.address) {
+                self.err(
+                    format!("listeners.{}.address", l.name),
+                    format!("{} is already the address of another listener", l.address),
+                );
+            }
+            seen.push(l.address);
+        }
+    }
+
+    /// `sticky.same_site = "none"` makes the route cookie `Secure`: browsers keep it only
+    /// from HTTPS, so every users' listener must be HTTPS (its own TLS or a trusted front's).
+    fn same_site_needs_https(
+        &mut self,
+        sticky: &crate::Sticky,
+        main: &crate::Listener,
+        named: &[crate::Listener],
+    ) {
+        if sticky.same_site != file::SameSite::None {
+            return;
+        }
+        let plain: Vec<String> = std::iter::once(main)
+            .chain(named)
+            .filter(|l| l.role == crate::ListenerRole::Users && !l.clients_use_https())
+            .map(|l| l.name.clone())
+            .collect();
+        if !plain.is_empty() {
+            self.err(
+                "sticky.same_site",
+                format!(
+                    "\"none\" makes the route cookie Secure, which browsers keep only over HTTPS; \
+                     listener(s) {} are plain HTTP (give them [tls], or tls_front = true when a \
+                     trusted front terminates TLS)",
+                    plain.join(", ")
+                ),
+            );
         }
     }
 }

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use rustls_pki_types::ServerName;
 
 use super::Validator;
-use crate::{file, Node};
+use crate::{file, Listener, Node};
 
 impl Validator<'_> {
-    pub(super) fn nodes(&mut self, list: &[file::NodeFile]) -> Vec<Node> {
+    pub(super) fn nodes(&mut self, list: &[file::NodeFile], listeners: &[Listener]) -> Vec<Node> {
         let mut nodes = Vec::with_capacity(list.len());
         let mut seen_ids = HashSet::new();
         let mut seen_addrs = HashSet::new();
@@ -26,6 +26,7 @@ impl Validator<'_> {
                 );
             }
             let (engine, engine_uri) = self.engine(i, n.engine.as_deref(), address);
+            let addresses = self.node_addresses(i, n, address, listeners, &mut seen_addrs);
             nodes.push(Node {
                 id: n.id.clone(),
                 address,
@@ -36,9 +37,53 @@ impl Validator<'_> {
                 tls: n.tls,
                 server_name: n.server_name.clone(),
                 tls_server_name: tls_server_name(n.server_name.as_deref(), address),
+                addresses,
             });
         }
         nodes
+    }
+
+    /// `nodes[i].addresses`: the node's address behind each named listener, by default its host
+    /// with the listener's `node_port`.
+    fn node_addresses(
+        &mut self,
+        i: usize,
+        n: &file::NodeFile,
+        address: SocketAddr,
+        listeners: &[Listener],
+        seen: &mut HashSet<SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        for name in n.addresses.keys() {
+            if !listeners.iter().any(|l| &l.name == name) {
+                self.err(
+                    format!("nodes[{i}].addresses.{name}"),
+                    format!("there is no [listeners.{name}]"),
+                );
+            }
+        }
+        let mut out = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let key = format!("nodes[{i}].addresses.{}", l.name);
+            let a = match (n.addresses.get(&l.name), l.node_port) {
+                (Some(a), _) => self.addr(&key, a),
+                (None, Some(port)) => SocketAddr::new(address.ip(), port),
+                (None, None) => {
+                    self.err(
+                        &key,
+                        format!(
+                            "no address for listener {:?}: set it here, or node_port in [listeners.{}]",
+                            l.name, l.name
+                        ),
+                    );
+                    address
+                }
+            };
+            if a.port() != 0 && !seen.insert(a) {
+                self.err(&key, format!("duplicate node address {a}"));
+            }
+            out.push(a);
+        }
+        out
     }
 
     /// A node id is 1 to 64 of A-Z a-z 0-9 - _, and unique.

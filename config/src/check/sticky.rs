@@ -13,6 +13,19 @@ impl Validator<'_> {
             self.err("sticky.max_sessions", "must be at least 1");
         }
         let route_key = self.route_key(s);
+        let domain = s
+            .domain
+            .as_ref()
+            .map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase());
+        if let Some(d) = &domain {
+            if d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                self.err("sticky.domain", format!("{d:?} is not a domain name"));
+            }
+        }
         Sticky {
             session_cookies: s.session_cookies.clone(),
             session_cookie_prefixes: s.session_cookie_prefixes.clone(),
@@ -25,6 +38,14 @@ impl Validator<'_> {
             max_sessions: s.max_sessions,
             route_cookie: s.route_cookie.clone(),
             route_key,
+            same_site: s.same_site,
+            domain,
+            ticket_lifetime: self.dur(
+                "sticky.ticket_lifetime",
+                &s.ticket_lifetime,
+                Duration::from_secs(1),
+                DAY,
+            ),
         }
     }
 

@@ -9,6 +9,7 @@ impl Validator<'_> {
     pub(super) fn tls(&mut self, key: &str, t: &Option<file::TlsFile>) -> Option<Tls> {
         let t = t.as_ref()?;
         if key == "listener.tls" && t.client_ca_file.is_some() {
+            // (A named listener checks its own: the REST API listener takes one.)
             self.err(
                 format!("{key}.client_ca_file"),
                 "client certificates are for the module listener only",

@@ -21,19 +21,21 @@ use crate::proxy::{self, ConnInfo};
 use crate::state::State;
 use crate::status::Refusal;
 
-/// Takes or refuses an accepted connection (`listener.max_connections`). A connection counts
-/// from here to its very end: through the PROXY header and the TLS handshake, and on in its
-/// WebSocket tunnel after an upgrade.
+/// Takes or refuses an accepted connection of listener `listener` (0: `[listener]`, `i`:
+/// `listeners[i - 1]`) by its `max_connections`. A connection counts from here to its very
+/// end: through the PROXY header and the TLS handshake, and on in its WebSocket tunnel after
+/// an upgrade.
 pub fn accept(
     state: &Arc<State>,
+    listener: usize,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Accepted<impl Future<Output = ()> + Send + 'static> {
     let (max, tls) = {
         let snap = state.snapshot.load();
         (
-            snap.config.listener.max_connections as i64,
-            snap.listener_tls.is_some(),
+            snap.config.listener_at(listener).max_connections as i64,
+            snap.tls_of(listener).is_some(),
         )
     };
     let busy = state.open_connections.load(Ordering::Relaxed) >= max;
@@ -45,7 +47,7 @@ pub fn accept(
     let state = state.clone();
     Ok(async move {
         match hold {
-            Some(hold) => connection(stream, peer, state, hold).await,
+            Some(hold) => connection(stream, peer, state, hold, listener).await,
             None => close_tls(stream, Refusal::Busy),
         }
     })
@@ -85,13 +87,13 @@ impl ConnHold {
     }
 
     /// Takes a slot of client `ip`; false when it has `listener.max_connections_per_client`.
-    fn take_slot(&mut self, ip: IpAddr) -> bool {
+    fn take_slot(&mut self, ip: IpAddr, listener: usize) -> bool {
         let max = self
             .state
             .snapshot
             .load()
             .config
-            .listener
+            .listener_at(listener)
             .max_connections_per_client;
         if max == 0 {
             return true;
@@ -126,13 +128,12 @@ async fn proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
     state: &State,
+    listener: usize,
 ) -> Option<SocketAddr> {
     let (mode, timeout) = {
         let snap = state.snapshot.load();
-        (
-            snap.config.listener.proxy_protocol,
-            snap.config.listener.header_read_timeout,
-        )
+        let l = snap.config.listener_at(listener);
+        (l.proxy_protocol, l.header_read_timeout)
     };
     if mode != ProxyProtocolMode::Required {
         return Some(peer);
@@ -162,27 +163,25 @@ async fn connection(
     peer: SocketAddr,
     state: Arc<State>,
     mut hold: ConnHold,
+    listener: usize,
 ) {
-    let Some(peer) = proxy_header(&mut stream, peer, &state).await else {
+    let Some(peer) = proxy_header(&mut stream, peer, &state, listener).await else {
         return;
     };
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
-    let (acceptor, trusted, timeout) = {
+    let (acceptor, trusted, timeout, tls_front) = {
         let snap = state.snapshot.load();
-        let trusted = snap
-            .config
-            .listener
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer.ip()));
+        let l = snap.config.listener_at(listener);
+        let trusted = l.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
         (
-            snap.listener_tls.clone(),
+            snap.tls_of(listener).cloned(),
             trusted,
-            snap.config.listener.header_read_timeout,
+            l.header_read_timeout,
+            l.tls_front,
         )
     };
-    if !hold.take_slot(peer.ip()) {
+    if !hold.take_slot(peer.ip(), listener) {
         if acceptor.is_some() {
             close_tls(stream, Refusal::TooManyFromClient);
         } else {
@@ -196,6 +195,9 @@ async fn connection(
         trusted,
         tls: false,
         _hold: hold,
+        secure_cookies: tls_front,
+        listener,
+        paired: Default::default(),
     };
     match acceptor {
         None => serve(stream, Arc::new(info), state).await,
@@ -214,6 +216,7 @@ async fn connection(
                 }
             };
             info.tls = true;
+            info.secure_cookies = true;
             serve(tls, Arc::new(info), state).await;
         }
     }
@@ -226,11 +229,8 @@ where
 {
     let (header_timeout, max_header, send_timeout) = {
         let snap = state.snapshot.load();
-        (
-            snap.config.listener.header_read_timeout,
-            snap.config.listener.max_header_bytes,
-            snap.config.listener.send_timeout,
-        )
+        let l = snap.config.listener_at(info.listener);
+        (l.header_read_timeout, l.max_header_bytes, l.send_timeout)
     };
     let svc_state = state.clone();
     let svc = service_fn(move |req| proxy::serve(svc_state.clone(), info.clone(), req));

@@ -158,6 +158,46 @@ fn route_pin(snap: &Snapshot, value: &[u8]) -> RoutePin {
     }
 }
 
+/// A users' listener request with `?qlikTicket=<id>` of a ticket made through the REST API
+/// listener goes to the node that made it (the ticket is valid there only), before any other
+/// pin.
+pub fn ticket_pin(state: &State, snap: &Snapshot, uri: &http::Uri, choice: &mut Choice) {
+    // Most requests have no query: nothing to look up.
+    let Some(id) = uri
+        .query()
+        .and_then(crate::sticky::tickets::ticket_in_query)
+    else {
+        return;
+    };
+    let Some(pos) = state
+        .tickets
+        .node_of_ticket(id.as_bytes())
+        .and_then(|idx| snap.pos_of_idx(NodeIdx(idx)))
+    else {
+        return;
+    };
+    if snap.node(pos).usable(clock::now_ms()) {
+        choice.pos = pos;
+        choice.decision = Decision::Learned;
+    }
+}
+
+/// A REST API listener request naming a node (`X-Lb-Node: <id>`) goes to it when it is usable.
+pub fn named_node(snap: &Snapshot, headers: &HeaderMap, choice: &mut Choice) {
+    let Some(id) = headers
+        .get(&super::rest::X_LB_NODE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if let Some(pos) = snap.pos_of_id(id.trim()) {
+        if snap.node(pos).usable(clock::now_ms()) {
+            choice.pos = pos;
+            choice.decision = Decision::Cookie;
+        }
+    }
+}
+
 /// A pinned request went to another node: count it and move the learned pin.
 pub fn redispatched(state: &State, snap: &Snapshot, pos: NodePos, pins: &Pins) {
     let n = snap.node(pos);

@@ -140,6 +140,7 @@ pub fn rewrite(
         strip_route_cookie(&snap.route_cookie, &mut parts.headers);
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_listener_headers(snap, conn, &mut parts.headers);
     if !conn.trusted {
         parts.headers.remove(&X_FORWARDED_FOR);
         parts.headers.remove(&X_FORWARDED_PROTO);
@@ -166,6 +167,23 @@ pub fn rewrite(
     };
     let body = UpBody::client(body, limit, snap.config.listener.body_timeout);
     Request::from_parts(parts, body)
+}
+
+/// Header authentication hygiene: the listener's `strip_headers` go from every request, its
+/// `trusted_headers` from every request of a client outside `trusted_proxies`.
+fn strip_listener_headers(snap: &Snapshot, conn: &ConnInfo, headers: &mut HeaderMap) {
+    let l = snap.config.listener_at(conn.listener);
+    for h in &l.strip_headers {
+        headers.remove(h);
+    }
+    if !conn.trusted {
+        for h in &l.trusted_headers {
+            headers.remove(h);
+        }
+    }
+    if l.role == lb_config::ListenerRole::RestApi {
+        headers.remove(&super::rest::X_LB_NODE);
+    }
 }
 
 /// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never

@@ -14,7 +14,9 @@ mod admit;
 mod choose;
 pub mod headers;
 mod log;
+pub mod pair;
 mod respond;
+pub mod rest;
 mod send;
 pub mod tunnel;
 
@@ -28,6 +30,7 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use lb_config::ListenerRole;
 
 pub use crate::status::ProxyError;
 pub use admit::{host_allowed, origin_allowed};
@@ -51,6 +54,13 @@ pub struct ConnInfo {
     pub trusted: bool,
     /// The connection's place in the connection limits, kept by a tunnel after an upgrade.
     pub(crate) _hold: crate::listen::proxy::ConnHold,
+    /// Clients reach this connection's listener over HTTPS (its TLS or a trusted front's):
+    /// the route cookie is `Secure`.
+    pub secure_cookies: bool,
+    /// The listener: 0 is `[listener]`, `i` is `listeners[i - 1]`.
+    pub listener: usize,
+    /// The node connection paired with this one (connection-bound authentication).
+    pub paired: pair::PairSlot,
 }
 
 /// Serves one request of a client connection.
@@ -79,6 +89,11 @@ pub(crate) async fn serve(
             },
         ),
     };
+    let mut resp = resp;
+    if conn.paired.is_broken() {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = resp.status();
     log::record(
         &snap,
@@ -118,10 +133,41 @@ async fn forward(
 ) -> Result<(Response<RespBody>, NodePos, Decision), Failed> {
     let admitted = admit::admit(snap, &req)?;
     let mut choice = choose::choose(state, snap, req.headers())?;
+    let role = snap.config.listener_at(conn.listener).role;
+    let rest_learn = match role {
+        ListenerRole::Users => {
+            choose::ticket_pin(state, snap, req.uri(), &mut choice);
+            None
+        }
+        ListenerRole::RestApi => {
+            choose::named_node(snap, req.headers(), &mut choice);
+            rest::learns_from(req.method(), req.uri().path())
+        }
+    };
+    // A paired client connection stays with its node connection.
+    if let Some(pos) = conn.paired.node().and_then(|id| snap.pos_of_id(&id)) {
+        choice.pos = pos;
+    }
     let client_upgrade = admitted.upgrade.then(|| hyper::upgrade::on(&mut req));
     let had_route_cookie = choice.pins.route != choose::RoutePin::Absent;
     let req = headers::rewrite(snap, conn, had_route_cookie, admitted.upgrade, req);
-    let sent = send::send(state, snap, &mut choice, req).await?;
+    let sent = send::send(state, snap, conn, &mut choice, req).await?;
     let resp = respond::respond(state, snap, conn, &choice, sent, client_upgrade);
+    let resp = match rest_learn {
+        None => resp,
+        Some(what) => {
+            let c = &snap.config;
+            let node = snap.node(choice.pos);
+            let ticket_ms = c.sticky.ticket_lifetime.as_millis() as u64;
+            let timeout = c.upstream.response_timeout;
+            rest::learn(state, node, what, ticket_ms, timeout, resp)
+                .await
+                .map_err(|e| Failed {
+                    error: ProxyError::Upstream(e),
+                    node: Some(choice.pos),
+                    decision: Some(choice.decision),
+                })?
+        }
+    };
     Ok((resp, choice.pos, choice.decision))
 }

@@ -7,6 +7,7 @@ use http::header;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Either;
 use hyper::upgrade::OnUpgrade;
+use lb_config::{ListenerRole, SameSite};
 use std::sync::Arc;
 
 use super::choose::Choice;
@@ -39,6 +40,7 @@ pub fn respond(
                 upgrade_handle,
                 // The client connection stays counted in the limits while its tunnel lives.
                 conn.clone(),
+                choice.pins.learned.as_ref().map(|(_, key)| key.clone()),
             );
         }
         return resp.map(Either::Left);
@@ -51,8 +53,9 @@ pub fn respond(
         }
     }
     learn(state, snap, node, resp.headers(), choice);
-    if !choice.route_cookie_current() {
-        let v = if conn.tls {
+    let users = snap.config.listener_at(conn.listener).role == ListenerRole::Users;
+    if users && !choice.route_cookie_current() {
+        let v = if conn.secure_cookies || snap.config.sticky.same_site == SameSite::None {
             &node.set_cookie_secure
         } else {
             &node.set_cookie

@@ -9,13 +9,14 @@ use http::{Request, Response};
 use hyper::client::conn::http1::SendRequest;
 
 use super::choose::{redispatched, Choice};
-use super::Failed;
+use super::pair::{self, Paired};
+use super::{ConnInfo, Failed};
 use crate::clock;
 use crate::snapshot::{Node, Snapshot};
 use crate::state::State;
 use crate::status::ProxyError;
 use crate::sticky::Decision;
-use crate::upstream::pool::{BodyEnd, PooledBody, SendError, UpBody};
+use crate::upstream::pool::{BodyEnd, PooledBody, Private, SendError, UpBody};
 use crate::upstream::request_body::ClientFault;
 
 /// The node's answer, and for a protocol switch the handle that keeps its connection until the
@@ -26,13 +27,31 @@ pub type Sent = (Response<PooledBody>, Option<SendRequest<UpBody>>);
 pub async fn send(
     state: &State,
     snap: &Snapshot,
+    conn: &ConnInfo,
     choice: &mut Choice,
     mut req: Request<UpBody>,
 ) -> Result<Sent, Failed> {
     let timeout = snap.config.upstream.response_timeout;
     let mut tried = 0usize;
+    let private = if pair::request_binds(req.headers()) {
+        Private::Yes
+    } else {
+        Private::If(pair::response_binds)
+    };
+    let mut held = conn.paired.take();
+    let had_pair = held.is_some();
     loop {
         let node = snap.node(choice.pos);
+        let held_conn = match held.take() {
+            Some(p) if p.node == node.id => Some(p.conn),
+            // Paired with a node this configuration no longer has: the pair ends with this
+            // client connection.
+            Some(_) => {
+                conn.paired.set_broken();
+                None
+            }
+            None => None,
+        };
         if !req.headers().contains_key(header::HOST) {
             if let Ok(h) = HeaderValue::from_str(node.authority.as_str()) {
                 req.headers_mut().insert(header::HOST, h);
@@ -41,16 +60,43 @@ pub async fn send(
         let guard = InFlight::new(node);
         node.state.requests_total.fetch_add(1, Ordering::Relaxed);
         let body_end = req.body().end();
-        let res = answer_within(timeout, &body_end, node.pool.send(req)).await;
+        let pool = node.pool_for(conn.listener);
+        let res = answer_within(
+            timeout,
+            &body_end,
+            pool.send_private(req, held_conn, private),
+        )
+        .await;
         drop(guard);
         let error = match res {
-            Ok(Ok(ok)) => {
-                if ok.0.status().is_server_error() {
+            Ok(Ok((resp, upgrade, kept))) => {
+                if resp.status().is_server_error() {
                     passive_error(snap, node);
                 } else {
                     node.state.mark_ok();
                 }
-                return Ok(ok);
+                if let Some(c) = kept {
+                    if !conn.paired.is_broken() {
+                        if !had_pair {
+                            state.metrics_handles.auth_paired.increment(1);
+                        }
+                        conn.paired.put(Paired {
+                            node: node.id.clone(),
+                            conn: c,
+                        });
+                    }
+                }
+                return Ok((resp, upgrade));
+            }
+            Ok(Err(SendError::PrivateLost(_))) => {
+                // The node closed the connection paired with this client: no other connection
+                // may carry the request (it would lack the identity, or carry another's); the
+                // client connection closes after this answer and the browser starts over.
+                conn.paired.set_broken();
+                return Err(failed(
+                    ProxyError::Upstream("the node closed the paired connection".into()),
+                    choice,
+                ));
             }
             Ok(Err(SendError::Connect(e, unsent))) => {
                 // Nothing was sent: the same request may go to another node.
@@ -84,6 +130,10 @@ pub async fn send(
                 None => ProxyError::Timeout,
             },
         };
+        if had_pair {
+            // The paired node connection went with the failed request: close the client's.
+            conn.paired.set_broken();
+        }
         passive_error(snap, node);
         return Err(failed(error, choice));
     }

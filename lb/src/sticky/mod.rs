@@ -7,10 +7,12 @@
 pub mod cookie;
 pub mod route;
 pub mod table;
+pub mod tickets;
 
 pub use cookie::SessionCookieNames;
 pub use route::RouteKey;
 pub use table::StickyTable;
+pub use tickets::Tickets;
 
 /// How the node of a request was decided (the access log and metrics use these names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

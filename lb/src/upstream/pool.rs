@@ -29,7 +29,28 @@ pub enum SendError {
     Connect(String, Box<Request<UpBody>>),
     /// The node failed after the request was sent.
     Failed(hyper::Error),
+    /// The connection private to this client (connection-bound authentication) is gone; the
+    /// request was not sent and comes back.
+    PrivateLost(Box<Request<UpBody>>),
 }
+
+/// Whether the connection of a request becomes private to its client: never back to the pool,
+/// never used for another client (connection-bound authentication such as NTLM).
+#[derive(Clone, Copy)]
+pub enum Private {
+    No,
+    Yes,
+    /// When the response head says so.
+    If(fn(&http::HeaderMap) -> bool),
+}
+
+/// A node's answer: the response, the handle of an upgraded connection (kept until the
+/// upgrade completes) and the connection that stays private to the client.
+pub type Answer = (
+    Response<PooledBody>,
+    Option<SendRequest<UpBody>>,
+    Option<SendRequest<UpBody>>,
+);
 
 /// Idle connections of one node.
 pub struct Pool {
@@ -97,20 +118,42 @@ impl Pool {
     /// to the pool once read to its end.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpBody>,
+        req: Request<UpBody>,
     ) -> Result<(Response<PooledBody>, Option<SendRequest<UpBody>>), SendError> {
+        let (resp, upgrade, _) = self.send_private(req, None, Private::No).await?;
+        Ok((resp, upgrade))
+    }
+
+    /// Sends `req` on `held`, a connection already private to this client, or like
+    /// [`Pool::send`] on a pooled or new one. A connection that is or becomes private
+    /// (`private`) comes back in the answer instead of going to the pool; the caller keeps it
+    /// for its client connection alone and drops it when that ends.
+    pub async fn send_private(
+        self: &Arc<Self>,
+        mut req: Request<UpBody>,
+        mut held: Option<SendRequest<UpBody>>,
+        private: Private,
+    ) -> Result<Answer, SendError> {
+        let was_private = held.is_some();
         let body_end = req.body().end();
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(s) => (s, true),
-                None => match self.connect.http1().await {
-                    Ok(s) => (s, false),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+            let (mut sender, reused) = match held.take() {
+                Some(s) => (s, false),
+                None if was_private => return Err(SendError::PrivateLost(Box::new(req))),
+                None => match self.checkout() {
+                    Some(s) => (s, true),
+                    None => match self.connect.http1().await {
+                        Ok(s) => (s, false),
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    },
                 },
             };
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
+                }
+                if was_private {
+                    return Err(SendError::PrivateLost(Box::new(req)));
                 }
                 return Err(SendError::Connect(
                     "connection closed at once".into(),
@@ -128,7 +171,20 @@ impl Pool {
                             inner: body,
                             back: None,
                         };
-                        return Ok((Response::from_parts(parts, body), Some(sender)));
+                        return Ok((Response::from_parts(parts, body), Some(sender), None));
+                    }
+                    let private = was_private
+                        || match private {
+                            Private::No => false,
+                            Private::Yes => true,
+                            Private::If(f) => f(&parts.headers),
+                        };
+                    if private {
+                        let body = PooledBody {
+                            inner: body,
+                            back: None,
+                        };
+                        return Ok((Response::from_parts(parts, body), None, Some(sender)));
                     }
                     let body = if body.is_end_stream() {
                         self.checkin_after(sender, &body_end);
@@ -142,11 +198,12 @@ impl Pool {
                             back: Some((sender, self.clone(), body_end)),
                         }
                     };
-                    return Ok((Response::from_parts(parts, body), None));
+                    return Ok((Response::from_parts(parts, body), None, None));
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent (the pooled connection was closing): again, on another one.
                     Some(r) if reused => req = r,
+                    Some(r) if was_private => return Err(SendError::PrivateLost(Box::new(r))),
                     Some(r) => {
                         return Err(SendError::Connect(e.into_error().to_string(), Box::new(r)))
                     }

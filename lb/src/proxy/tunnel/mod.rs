@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::{Node, Snapshot};
 use crate::state::State;
+use crate::sticky::table::SessionKey;
 use crate::upstream::pool::UpBody;
 use takeover::{client_side, node_side, Side};
 
@@ -73,10 +74,12 @@ pub(crate) fn spawn(
     node_upgrade: OnUpgrade,
     node_conn: Option<SendRequest<UpBody>>,
     keep: impl Send + Sync + 'static,
+    session: Option<SessionKey>,
 ) {
     let node_state = node.state.clone();
     let idle = snap.config.websocket.idle_timeout;
     let stall = write_stall_bound(idle, snap.config.listener.send_timeout);
+    let touch_every = touch_period(snap.config.sticky.session_idle_timeout);
     let close = node_state.tunnels_token();
     let tracker = state.tunnels.clone();
     let state = state.clone();
@@ -96,7 +99,20 @@ pub(crate) fn spawn(
         state.open_tunnels.fetch_add(1, Ordering::Relaxed);
         gauges.open_tunnels.increment(1.0);
         let counts = Counts::default();
-        let end = splice(c, n, (idle, stall), &close, &state.tunnels_close, &counts).await;
+        let end = {
+            let spliced = splice(c, n, (idle, stall), &close, &state.tunnels_close, &counts);
+            match &session {
+                None => spliced.await,
+                Some(key) => {
+                    let refresh = keep_session(&state, key, &counts, touch_every);
+                    tokio::pin!(spliced);
+                    tokio::select! {
+                        end = &mut spliced => end,
+                        never = refresh => match never {},
+                    }
+                }
+            }
+        };
         let to_node = counts.to_node.load(Ordering::Relaxed);
         let to_client = counts.to_client.load(Ordering::Relaxed);
         gauges.ws_bytes_to_node.increment(to_node);
@@ -125,6 +141,36 @@ fn write_stall_bound(idle: Duration, send_timeout: Duration) -> Duration {
 /// How long a blocked write may still finish once the tunnel is told to close, so that its
 /// close frame can follow; then the sockets are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a tunnel refreshes its learned session: a quarter of the sticky idle timeout,
+/// between 1 s and 60 s.
+fn touch_period(session_idle: Duration) -> Duration {
+    (session_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// WebSocket traffic keeps the learned session of its user alive (a user inside one app makes
+/// no HTTP request for hours): every `every`, when bytes moved since the last look, the session
+/// is refreshed in the sticky table. One timer per tunnel, no work per frame.
+async fn keep_session(
+    state: &State,
+    key: &SessionKey,
+    counts: &Counts,
+    every: Duration,
+) -> std::convert::Infallible {
+    let moved =
+        || counts.to_node.load(Ordering::Relaxed) + counts.to_client.load(Ordering::Relaxed);
+    let mut seen = moved();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = moved();
+        if now != seen {
+            seen = now;
+            let _ = state.sticky.lookup_key(key);
+        }
+    }
+}
 
 /// Splices the two upgraded connections until the tunnel ends. `timeouts` is the idle timeout
 /// and the bound on a blocked write.
