@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::Drain;
+use crate::meter::Meters;
 use crate::snapshot::Snapshot;
 use crate::sticky::{RouteKey, StickyTable};
 use crate::telemetry::{Telemetry, TelemetryRanking};
@@ -50,6 +52,10 @@ pub struct State {
     /// Open connections per client address (only with `listener.max_connections_per_client`).
     pub per_client: DashMap<IpAddr, u32>,
     pub metrics_handles: StateMetrics,
+    /// The open tunnels' byte counters, collected into `lb_websocket_bytes_total` by scrapes.
+    pub ws_meters: Meters,
+    /// The balancer-wide drain (`POST /drain`): `/ready` answers 503 while it lasts.
+    pub drain: Drain,
 }
 
 /// Metric handles of the process-wide counters, made once.
@@ -57,8 +63,6 @@ pub struct StateMetrics {
     pub learned_total: Counter,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
-    pub ws_bytes_to_node: Counter,
-    pub ws_bytes_to_client: Counter,
 }
 
 /// The outcome of the last configuration load.
@@ -98,6 +102,7 @@ fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::debug!("a metrics recorder was already installed");
             }
+            crate::metrics_catalog::describe();
             handle
         })
         .clone()
@@ -165,9 +170,12 @@ impl State {
                 learned_total: metrics::counter!("lb_sticky_learned_total"),
                 open_connections: metrics::gauge!("lb_open_connections"),
                 open_tunnels: metrics::gauge!("lb_open_websockets"),
-                ws_bytes_to_node: metrics::counter!("lb_websocket_bytes_total", "direction" => "to_node"),
-                ws_bytes_to_client: metrics::counter!("lb_websocket_bytes_total", "direction" => "to_client"),
             },
+            ws_meters: Meters::new(
+                metrics::counter!("lb_websocket_bytes_total", "direction" => "to_node"),
+                metrics::counter!("lb_websocket_bytes_total", "direction" => "to_client"),
+            ),
+            drain: Drain::default(),
         })
     }
 }

@@ -22,7 +22,7 @@
 //! 400 without a usable `Host`.
 //!
 //! The admin API ([`AdminError`] and the constants below): 401 without the right token, 404 for
-//! an unknown route or node, 422 for a refused reload, 503 from `/ready` while not ready.
+//! an unknown route or node, 400 for a bad query parameter, 422 for a refused reload, 503 from `/ready` while not ready.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -184,6 +184,8 @@ pub enum AdminError {
     NoSuchRoute,
     /// 404.
     UnknownNode(String),
+    /// 400: a query parameter the route cannot take.
+    BadRequest(String),
 }
 
 impl AdminError {
@@ -191,6 +193,7 @@ impl AdminError {
         match self {
             AdminError::MissingToken | AdminError::WrongToken => StatusCode::UNAUTHORIZED,
             AdminError::NoSuchRoute | AdminError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -202,6 +205,7 @@ impl AdminError {
             AdminError::WrongToken => "wrong bearer token".into(),
             AdminError::NoSuchRoute => "no such route".into(),
             AdminError::UnknownNode(id) => format!("no node with id {id:?}"),
+            AdminError::BadRequest(m) => m.clone(),
         }
     }
 }
