@@ -115,6 +115,9 @@ impl State {
         tls: crate::tls::Loaded,
         config_path: Option<PathBuf>,
     ) -> Arc<State> {
+        // The recorder first: metric handles made before it (the first snapshot's per-node
+        // handles below) would record nowhere.
+        let metrics = prometheus();
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
             None => {
@@ -154,7 +157,7 @@ impl State {
             reload_status: ArcSwap::from_pointee(reload_status),
             reload_lock: Mutex::new(()),
             config_path,
-            metrics: prometheus(),
+            metrics,
             bound: Mutex::new([None; 3]),
             registry,
             sticky,

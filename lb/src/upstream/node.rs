@@ -196,7 +196,8 @@ impl NodeState {
     /// shared between workers.
     #[inline]
     pub fn note_request(&self, now_ms: u64) {
-        if self.last_request_ms.load(Ordering::Relaxed) + 1000 <= now_ms {
+        let last = self.last_request_ms.load(Ordering::Relaxed);
+        if last == 0 || last + 1000 <= now_ms {
             self.last_request_ms.store(now_ms, Ordering::Relaxed);
         }
     }
