@@ -20,6 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The balancer-wide drain flag, its start and deadline.
 #[derive(Debug, Default)]
 pub struct Drain {
@@ -65,13 +71,13 @@ impl Drain {
     pub fn start(&self, deadline: Option<Duration>) -> u64 {
         let mut g = self.lock();
         if !self.active.load(Ordering::Relaxed) {
-            g.since_unix_ms = crate::state::unix_ms();
+            g.since_unix_ms = unix_ms();
             g.deadline_ms = None;
             g.deadline_unix_ms = None;
         }
         if let Some(d) = deadline {
             g.deadline_ms = Some(clock::now_ms() + d.as_millis() as u64);
-            g.deadline_unix_ms = Some(crate::state::unix_ms() + d.as_millis() as u64);
+            g.deadline_unix_ms = Some(unix_ms() + d.as_millis() as u64);
         }
         g.token.cancel();
         self.active.store(true, Ordering::Relaxed);
