@@ -66,22 +66,29 @@ impl Drain {
         self.lock().token.clone()
     }
 
-    /// Starts a drain (or changes the deadline of the one in progress; `None` keeps it).
-    /// Returns the epoch a deadline task must check.
+    /// Starts a drain, or changes the deadline of the one in progress (`None` keeps it).
+    /// Returns the epoch a deadline task must check (a new deadline replaces the old one's
+    /// task; a repeated drain without one leaves it be).
     pub fn start(&self, deadline: Option<Duration>) -> u64 {
         let mut g = self.lock();
-        if !self.active.load(Ordering::Relaxed) {
+        let fresh = !self.active.load(Ordering::Relaxed);
+        if fresh {
             g.since_unix_ms = unix_ms();
             g.deadline_ms = None;
             g.deadline_unix_ms = None;
         }
         if let Some(d) = deadline {
-            g.deadline_ms = Some(clock::now_ms() + d.as_millis() as u64);
-            g.deadline_unix_ms = Some(unix_ms() + d.as_millis() as u64);
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            g.deadline_ms = Some(clock::now_ms().saturating_add(ms));
+            g.deadline_unix_ms = Some(unix_ms().saturating_add(ms));
         }
         g.token.cancel();
         self.active.store(true, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::Relaxed) + 1
+        if fresh || deadline.is_some() {
+            self.epoch.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.epoch.load(Ordering::Relaxed)
+        }
     }
 
     /// Ends a drain; returns whether one was in progress.

@@ -12,6 +12,9 @@ use super::{no_store, status, App};
 use crate::state::State;
 use crate::status::AdminError;
 
+/// The longest deadline a drain takes.
+const MAX_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct DrainQuery {
     /// A duration (`"90s"`, `"10m"`): WebSockets still open then are closed (1001).
@@ -25,7 +28,13 @@ pub(super) async fn post_drain(
     let deadline = match q.deadline.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(d) => match humantime::parse_duration(d) {
-            Ok(d) => Some(d),
+            Ok(d) if d <= MAX_DEADLINE => Some(d),
+            Ok(_) => {
+                return AdminError::BadRequest(format!(
+                    "deadline {d:?} is longer than 30 days; drain without one instead"
+                ))
+                .into_response()
+            }
             Err(e) => {
                 return AdminError::BadRequest(format!(
                     "deadline {d:?}: {e} (expected a duration such as \"90s\" or \"10m\")"
