@@ -505,6 +505,11 @@ async fn http(
             let mut conn: Option<HttpConn> = None;
             let mut answered = false;
             while limits.take() {
+                // Every attempt takes a slot, a failed connect too: a site that refuses
+                // connections gets no more than the rate.
+                if !paced(&pacer, &limits).await {
+                    break;
+                }
                 if conn.as_ref().is_none_or(HttpConn::is_closed) {
                     match timed(opts.timeout, HttpConn::connect(&target)).await {
                         Ok(c) => conn = Some(c),
@@ -516,9 +521,6 @@ async fn http(
                     }
                 }
                 let Some(c) = conn.as_mut() else { continue };
-                if !paced(&pacer, &limits).await {
-                    break;
-                }
                 // Churn sends only the cookies given on the command line.
                 let fresh = target.jar();
                 let cookies = if sticky { &jar } else { &fresh };

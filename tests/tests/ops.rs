@@ -349,3 +349,82 @@ async fn drain_endpoints_post_ready_and_bad_deadlines() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     assert_eq!(ready(lb.admin).await.0, 503);
 }
+
+/// Over HTTPS (the production case), the WebSockets left at the drain deadline get the same
+/// 1001 close frame, then TLS `close_notify`.
+#[tokio::test]
+async fn wss_websockets_get_1001_at_the_deadline() {
+    use lb_bench::client::{self, Target, TargetOpts, WsConnect};
+    let sims = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("lb-ops-wss-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lb ops test");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let cfg = config(&sims.addrs()).replacen(
+        "[server]",
+        &format!(
+            "[listener.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[server]",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ),
+        1,
+    );
+    let lb = LbProcess::start("wss", &cfg).await;
+    let target = Target::parse_with(
+        &format!("https://{}", lb.proxy),
+        false,
+        &TargetOpts {
+            ca_file: Some(dir.join("cert.pem")),
+            ..TargetOpts::default()
+        },
+    )
+    .unwrap();
+    let mut conn = client::HttpConn::connect(&target).await.unwrap();
+    let mut jar = target.jar();
+    let r = conn.get("/hub", Some(&jar)).await.unwrap();
+    assert_eq!(r.status, 200);
+    jar.store_all(&r.headers);
+    drop(conn);
+    let mut ws = match client::ws_connect(&target, "/app/wss", &jar, None, 16 * 1024)
+        .await
+        .unwrap()
+    {
+        WsConnect::Open(ws, _) => *ws,
+        WsConnect::Refused(s, _) => panic!("refused: {s}"),
+    };
+    echo_ws(&mut ws, "over tls").await;
+    let a = lb.call(Method::POST, "/drain?deadline=500ms").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    echo_ws(&mut ws, "still flowing").await;
+    let close = tokio::time::timeout(T, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed at the deadline");
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+}
+
+async fn echo_ws(ws: &mut lb_bench::client::WsStream, text: &str) {
+    use futures_util::SinkExt;
+    ws.send(Message::text(text.to_string())).await.unwrap();
+    let m = tokio::time::timeout(T, ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, Message::text(text.to_string()));
+}
