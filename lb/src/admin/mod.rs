@@ -197,10 +197,19 @@ fn no_store<T: IntoResponse>(v: T) -> Response {
 }
 
 async fn get_status(Extract(app): AppState) -> Response {
-    no_store(Json(status::status(
-        &app.ctx.state,
-        app.started.elapsed().as_secs(),
-    )))
+    // Counting the sticky table's sessions by node walks the whole table: off the workers.
+    let a = app.clone();
+    match tokio::task::spawn_blocking(move || {
+        status::status(&a.ctx.state, a.started.elapsed().as_secs())
+    })
+    .await
+    {
+        Ok(v) => no_store(Json(v)),
+        Err(e) => no_store((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("status failed: {e}") })),
+        )),
+    }
 }
 
 async fn get_node(Extract(app): AppState, Path(id): Path<String>) -> Response {
@@ -281,8 +290,14 @@ async fn post_reload(Extract(app): AppState) -> Response {
 }
 
 async fn get_metrics(Extract(app): AppState) -> Response {
-    collect::collect(&app.ctx.state);
-    let body = app.ctx.metrics.render();
+    // The scrape-time figures walk the sticky table and read /proc: off the workers.
+    let a = app.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        collect::collect(&a.ctx.state);
+        a.ctx.metrics.render()
+    })
+    .await
+    .unwrap_or_else(|e| format!("# collecting the metrics failed: {e}\n"));
     (
         [
             (
