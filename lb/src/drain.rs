@@ -3,10 +3,11 @@
 //!
 //! While the balancer drains, `/ready` answers 503 so the load balancer in front stops sending
 //! it new connections; everything else goes on: established users keep their connections, open
-//! WebSockets keep flowing, and a connection that still arrives is served. Keep-alive
-//! connections are closed gracefully (an idle one at once, a busy one after its response, and a
-//! connection accepted during the drain after each response), so browsers open their next
-//! connection through the load balancer in front, which sends it to another balancer. At the
+//! WebSockets keep flowing (and new ones open), and a connection that still arrives is served.
+//! Each answer from a node carries `Connection: close` (but a 401, whose NTLM challenge is bound
+//! to its connection), so browsers open their next connection through the load balancer in
+//! front, which sends it to another balancer; idle keep-alive connections end within
+//! `listener.header_read_timeout`. At the
 //! optional deadline the WebSockets still open are closed with code 1001 ("going away"); Qlik's
 //! client reconnects, through another balancer, to the same node (the signed route cookie).
 //! The balancer is *drained* when no client connection and no WebSocket is left: it can then
@@ -15,8 +16,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 
@@ -37,9 +36,6 @@ pub struct Drain {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Cancelled when a drain begins (connections then close gracefully); replaced when the
-    /// drain ends, so later connections keep alive again.
-    token: CancellationToken,
     since_unix_ms: u64,
     /// Clock milliseconds ([`clock::now_ms`]) of the deadline.
     deadline_ms: Option<u64>,
@@ -61,11 +57,6 @@ impl Drain {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The token a new client connection watches: cancelled when a drain begins.
-    pub fn token(&self) -> CancellationToken {
-        self.lock().token.clone()
-    }
-
     /// Starts a drain, or changes the deadline of the one in progress (`None` keeps it).
     /// Returns the epoch a deadline task must check (a new deadline replaces the old one's
     /// task; a repeated drain without one leaves it be).
@@ -82,7 +73,6 @@ impl Drain {
             g.deadline_ms = Some(clock::now_ms().saturating_add(ms));
             g.deadline_unix_ms = Some(unix_ms().saturating_add(ms));
         }
-        g.token.cancel();
         self.active.store(true, Ordering::Relaxed);
         if fresh || deadline.is_some() {
             self.epoch.fetch_add(1, Ordering::Relaxed) + 1
@@ -96,7 +86,6 @@ impl Drain {
         let mut g = self.lock();
         let was = self.active.swap(false, Ordering::Relaxed);
         if was {
-            g.token = CancellationToken::new();
             g.deadline_ms = None;
             g.deadline_unix_ms = None;
         }
@@ -133,17 +122,9 @@ mod tests {
     fn start_stop_and_epochs() {
         let d = Drain::default();
         assert!(!d.is_draining());
-        let before = d.token();
         let e1 = d.start(None);
         assert!(d.is_draining());
-        assert!(
-            before.is_cancelled(),
-            "connections of before the drain see it"
-        );
-        assert!(
-            d.token().is_cancelled(),
-            "connections during the drain see it"
-        );
+        assert!(d.info().since_unix_ms.is_some());
         assert!(d.info().deadline_unix_ms.is_none());
         let e2 = d.start(Some(Duration::from_secs(60)));
         assert!(
@@ -151,15 +132,17 @@ mod tests {
             "a new deadline replaces the old one's task"
         );
         assert!(d.is_epoch(e2));
+        assert_eq!(
+            d.start(None),
+            e2,
+            "a repeated drain keeps the deadline and its task"
+        );
         let i = d.info();
         assert!(i.deadline_unix_ms.is_some() && !i.deadline_passed);
         assert!(d.stop());
-        assert!(!d.is_epoch(e2));
-        assert!(
-            !d.token().is_cancelled(),
-            "connections after the drain keep alive"
-        );
+        assert!(!d.is_epoch(e2), "an ended drain's deadline does nothing");
         assert_eq!(d.info().since_unix_ms, None);
+        assert_eq!(d.info().deadline_unix_ms, None);
         assert!(!d.stop());
     }
 

@@ -308,6 +308,15 @@ async fn drain_endpoints_post_ready_and_bad_deadlines() {
     assert_eq!(ready(lb.admin).await.0, 503);
     // Nothing open: drained at once.
     assert_eq!(lb.status().await["drain"]["drained"], true);
+    // A user who arrives during the drain (the front has not noticed yet) signs in and opens
+    // an app: its WebSocket works like any other.
+    let mut user = User::new(lb.proxy).await;
+    assert_eq!(user.get("/hub").await.status, 200);
+    let (mut ws, _) = open_ws(&user, "/app/during-drain").await;
+    echo_once(&mut ws, "opened during the drain").await;
+    assert_eq!(lb.status().await["drain"]["drained"], false);
+    drop(ws);
+    drop(user);
 
     // POST /ready ends the drain, and needs the token (GET /ready does not).
     let anon = AdminClient {

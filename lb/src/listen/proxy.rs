@@ -184,8 +184,6 @@ where
             snap.config.listener.max_header_bytes,
         )
     };
-    let drain = state.drain.token();
-    let draining = drain.is_cancelled();
     let svc_state = state.clone();
     let svc = service_fn(move |req| proxy::serve(svc_state.clone(), info.clone(), req));
     let mut builder = http1::Builder::new();
@@ -193,9 +191,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(max_header)
-        // A connection accepted while the balancer drains is served, then closed after each
-        // response, so the client's next one goes through the load balancer in front.
-        .keep_alive(!draining);
+        .keep_alive(true);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -207,12 +203,6 @@ where
             }
         }
         _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-        // The balancer drains: an idle keep-alive connection closes now, a busy one after its
-        // response.
-        _ = drain.cancelled(), if !draining => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
