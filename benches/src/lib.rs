@@ -3,7 +3,8 @@
 //!
 //! - [`sim`]: the Qlik node simulator, which is the `lb-sim` crate (re-exported here so
 //!   `lb_bench::sim::...` keeps naming it).
-//! - [`client`]: a small keep-alive HTTP/1.1 and WebSocket client with a cookie jar.
+//! - [`client`]: a small keep-alive HTTP/1.1 and WebSocket client with a cookie jar, over TCP
+//!   or TLS ([`tls`]), with extra headers and cookies, and a request pacer.
 //! - [`report`]: latency summaries, stickiness accounting and the JSON result.
 //! - [`placement`]: the engine placement simulator (`lb-bench placement`).
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
@@ -14,4 +15,5 @@ pub mod placement;
 pub mod report;
 pub mod scenario;
 pub mod signin;
+pub mod tls;
 pub use lb_sim as sim;

@@ -101,6 +101,8 @@ pub struct Recorder {
     pub errors: AtomicU64,
     pub violations: AtomicU64,
     pub rejections_401: AtomicU64,
+    /// Answers that sent a signed-in user to log in again (401 or a redirect to a login).
+    pub sessions_lost: AtomicU64,
     pub users_served: AtomicU64,
     pub ws_opened: AtomicU64,
     pub ws_open_at_end: AtomicU64,
@@ -119,6 +121,7 @@ impl Default for Recorder {
             errors: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             rejections_401: AtomicU64::new(0),
+            sessions_lost: AtomicU64::new(0),
             users_served: AtomicU64::new(0),
             ws_opened: AtomicU64::new(0),
             ws_open_at_end: AtomicU64::new(0),
@@ -224,6 +227,7 @@ impl Recorder {
             errors: self.errors.load(Ordering::Relaxed),
             violations: self.violations.load(Ordering::Relaxed),
             rejections_401: self.rejections_401.load(Ordering::Relaxed),
+            sessions_lost: self.sessions_lost.load(Ordering::Relaxed),
             users_served: self.users_served.load(Ordering::Relaxed),
             requests_per_sec: round3(requests as f64 / secs),
             messages_per_sec: round3(messages as f64 / secs),
@@ -267,6 +271,12 @@ pub struct Report {
     /// Stickiness violations: 401s and answers from another node than the user's first one.
     pub violations: u64,
     pub rejections_401: u64,
+    /// Signed-in users sent to log in again (401 or a redirect to an authentication module).
+    #[serde(default)]
+    pub sessions_lost: u64,
+    /// The request rate limit of the run, per second.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
     /// Users that completed their journey (qlik) or connections that ran (others).
     pub users_served: u64,
     pub requests_per_sec: f64,
@@ -335,6 +345,12 @@ impl Report {
             }
         }
         row(&mut s, "users served", self.users_served.to_string());
+        if let Some(r) = self.rate_limit {
+            row(&mut s, "rate limit", format!("{r} /s"));
+        }
+        if self.sessions_lost > 0 {
+            row(&mut s, "sessions lost", self.sessions_lost.to_string());
+        }
         row(&mut s, "errors", self.errors.to_string());
         row(
             &mut s,

@@ -20,7 +20,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{timed, ws_connect, CookieJar, HttpConn, Target, WsConnect, WsStream};
+use crate::client::{
+    signed_out, timed, ws_connect, CookieJar, HttpConn, HttpResponse, Pacer, Target, TargetOpts,
+    WsConnect, WsStream,
+};
 use crate::report::{rss_tree_kb, Observation, Recorder, Report, Stickiness};
 
 /// The scenarios.
@@ -97,7 +100,23 @@ pub struct ScenarioOpts {
     /// Balancer process id, to measure its memory per tunnel (`ws-idle`); the resident memory
     /// of its direct children (worker processes) is added.
     pub pid: Option<u32>,
+    /// TLS trust, extra headers and cookies.
+    pub target: TargetOpts,
+    /// At most this many requests (`qlik`, `http`, `churn`) or messages (`ws-echo`) per second
+    /// across all users; `None`: as fast as they go.
+    pub rate: Option<f64>,
+    /// Users start spread over this time, and the rate limit grows from 0 over it.
+    pub ramp: Duration,
+    /// Hard caps: a run asking for more users or a longer duration is refused.
+    pub max_users: usize,
+    pub max_duration: Duration,
 }
+
+/// Default hard caps against a loopback target, and against a remote one.
+pub const MAX_USERS: usize = 100_000;
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_REMOTE_USERS: usize = 1_000;
+pub const MAX_REMOTE_DURATION: Duration = Duration::from_secs(3600);
 
 impl Default for ScenarioOpts {
     fn default() -> Self {
@@ -116,25 +135,68 @@ impl Default for ScenarioOpts {
             messages_per_user: 10,
             journeys: 0,
             pid: None,
+            target: TargetOpts::default(),
+            rate: None,
+            ramp: Duration::ZERO,
+            max_users: MAX_USERS,
+            max_duration: MAX_DURATION,
         }
     }
 }
 
 /// Runs `scenario` and returns its report.
 pub async fn run(scenario: Scenario, opts: &ScenarioOpts) -> anyhow::Result<Report> {
-    let target = Arc::new(Target::parse(&opts.url, opts.allow_remote)?);
+    let target = Arc::new(Target::parse_with(
+        &opts.url,
+        opts.allow_remote,
+        &opts.target,
+    )?);
     if opts.connections == 0 {
         bail!("at least one user/connection is needed");
+    }
+    if opts.connections > opts.max_users {
+        bail!(
+            "{} users is over the cap of {} (raise it with --max-users)",
+            opts.connections,
+            opts.max_users
+        );
+    }
+    if opts.duration > opts.max_duration {
+        bail!(
+            "a duration of {:?} is over the cap of {:?} (raise it with --max-duration-secs)",
+            opts.duration,
+            opts.max_duration
+        );
+    }
+    if let Some(r) = opts.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("the rate limit must be a positive number of requests per second");
+        }
     }
     let rec = Arc::new(Recorder::new());
     let start = Instant::now();
     let mut extra = Report::default();
-    match scenario {
-        Scenario::Qlik => qlik(&target, &rec, opts).await,
-        Scenario::Http => http(&target, &rec, opts, true).await,
-        Scenario::Churn => http(&target, &rec, opts, false).await,
-        Scenario::WsEcho => ws_echo(&target, &rec, opts).await,
-        Scenario::WsIdle => extra = ws_idle(&target, &rec, opts).await?,
+    let pacer = opts.rate.map(|r| Arc::new(Pacer::new(r, opts.ramp)));
+    let work = async {
+        match scenario {
+            Scenario::Qlik => qlik(&target, &rec, opts, &pacer).await,
+            Scenario::Http => http(&target, &rec, opts, true, &pacer).await,
+            Scenario::Churn => http(&target, &rec, opts, false, &pacer).await,
+            Scenario::WsEcho => ws_echo(&target, &rec, opts, &pacer).await,
+            Scenario::WsIdle => extra = ws_idle(&target, &rec, opts).await?,
+        }
+        anyhow::Ok(())
+    };
+    // The hard stop: whatever the users are doing, the run ends shortly after its time.
+    let hard = opts.duration + opts.ramp + opts.timeout + Duration::from_secs(5);
+    let hard = if scenario == Scenario::WsIdle {
+        hard + opts.timeout * 2
+    } else {
+        hard
+    };
+    match tokio::time::timeout(hard, work).await {
+        Ok(r) => r?,
+        Err(_) => rec.error(format!("run stopped at its hard limit of {hard:?}")),
     }
     let mut report = rec.report(scenario.name(), &opts.url, start.elapsed());
     report.threads = opts.threads;
@@ -142,6 +204,7 @@ pub async fn run(scenario: Scenario, opts: &ScenarioOpts) -> anyhow::Result<Repo
     report.rss_before_kb = extra.rss_before_kb;
     report.rss_open_kb = extra.rss_open_kb;
     report.rss_per_tunnel_kb = extra.rss_per_tunnel_kb;
+    report.rate_limit = opts.rate;
     Ok(report)
 }
 
@@ -199,20 +262,64 @@ async fn join_all(mut set: JoinSet<()>, rec: &Recorder) {
 /// Paths of a `qlik` journey after the login.
 const JOURNEY_PATHS: [&str; 4] = ["/hub", "/qmc", "/_sim/headers", "/hub/my/work"];
 
-async fn qlik(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts) {
+/// How long user `i` of `n` waits before it starts: users spread over the ramp.
+fn ramp_delay(opts: &ScenarioOpts, i: usize) -> Duration {
+    if opts.ramp.is_zero() || opts.connections == 0 {
+        return Duration::ZERO;
+    }
+    opts.ramp.mul_f64(i as f64 / opts.connections as f64)
+}
+
+/// Waits for the pacer's next slot (if any); false when the run is over.
+async fn paced(pacer: &Option<Arc<Pacer>>, limits: &Limits) -> bool {
+    match pacer {
+        Some(p) => p.wait(limits.deadline).await,
+        None => true,
+    }
+}
+
+/// Accounts a lost Qlik session: an answer that says "not signed in" (401, or a redirect to
+/// an authentication module) to a user who was signed in (held a Qlik session cookie).
+fn session_check(rec: &Recorder, had_session: bool, resp: &HttpResponse) {
+    if had_session && signed_out(resp.status, &resp.headers) {
+        rec.sessions_lost.fetch_add(1, Ordering::Relaxed);
+        if resp.status.as_u16() != 401 {
+            // A 401 is already a violation.
+            rec.violations.fetch_add(1, Ordering::Relaxed);
+            rec.error(format!(
+                "session lost: HTTP {} to a login",
+                resp.status.as_u16()
+            ));
+        }
+    }
+}
+
+/// Whether the jar holds a Qlik session cookie.
+fn has_session(jar: &CookieJar) -> bool {
+    jar.names().iter().any(|n| n.starts_with("X-Qlik-Session"))
+}
+
+async fn qlik(
+    target: &Arc<Target>,
+    rec: &Arc<Recorder>,
+    opts: &ScenarioOpts,
+    pacer: &Option<Arc<Pacer>>,
+) {
     let limits = Arc::new(Limits::new(opts));
     let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut set = JoinSet::new();
-    for _ in 0..opts.connections {
-        let (target, rec, opts, limits, sem) = (
+    for i in 0..opts.connections {
+        let (target, rec, opts, limits, sem, pacer) = (
             target.clone(),
             rec.clone(),
             opts.clone(),
             limits.clone(),
             sem.clone(),
+            pacer.clone(),
         );
         set.spawn(async move {
-            let mut jar = CookieJar::default();
+            tokio::time::sleep(ramp_delay(&opts, i)).await;
+            let mut jar = target.jar();
             let mut sticky = Stickiness::new();
             let mut done = 0u64;
             let mut served = false;
@@ -224,7 +331,8 @@ async fn qlik(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts) {
                 if done > 0 && (limits.expired() || (opts.journeys > 0 && done >= opts.journeys)) {
                     break;
                 }
-                let ok = journey(&target, &rec, &opts, &mut jar, &mut sticky).await;
+                let ok =
+                    journey(&target, &rec, &opts, &mut jar, &mut sticky, &pacer, &limits).await;
                 served |= ok;
                 done += 1;
             }
@@ -244,6 +352,8 @@ async fn journey(
     opts: &ScenarioOpts,
     jar: &mut CookieJar,
     sticky: &mut Stickiness,
+    pacer: &Option<Arc<Pacer>>,
+    limits: &Limits,
 ) -> bool {
     let mut conn = match timed(opts.timeout, HttpConn::connect(target)).await {
         Ok(c) => c,
@@ -255,6 +365,10 @@ async fn journey(
     let mut clean = true;
     for i in 0..=opts.requests_per_user {
         let path = target.path(JOURNEY_PATHS[i % JOURNEY_PATHS.len()]);
+        if !paced(pacer, limits).await {
+            return clean;
+        }
+        let had_session = has_session(jar);
         let t0 = Instant::now();
         match timed(opts.timeout, conn.get(&path, Some(jar))).await {
             Ok(resp) => {
@@ -264,6 +378,7 @@ async fn journey(
                     resp.node(),
                     Some(sticky),
                 );
+                session_check(rec, had_session, &resp);
                 clean &= obs != Observation::Violation && resp.status.as_u16() < 400;
                 jar.store_all(&resp.headers);
             }
@@ -365,19 +480,36 @@ async fn close(ws: &mut WsStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn http(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts, sticky: bool) {
+async fn http(
+    target: &Arc<Target>,
+    rec: &Arc<Recorder>,
+    opts: &ScenarioOpts,
+    sticky: bool,
+    pacer: &Option<Arc<Pacer>>,
+) {
     let limits = Arc::new(Limits::new(opts));
     let mut set = JoinSet::new();
-    for _ in 0..opts.connections {
-        let (target, rec, opts, limits) =
-            (target.clone(), rec.clone(), opts.clone(), limits.clone());
+    for i in 0..opts.connections {
+        let (target, rec, opts, limits, pacer) = (
+            target.clone(),
+            rec.clone(),
+            opts.clone(),
+            limits.clone(),
+            pacer.clone(),
+        );
         set.spawn(async move {
+            tokio::time::sleep(ramp_delay(&opts, i)).await;
             let path = target.path(&opts.path);
-            let mut jar = CookieJar::default();
+            let mut jar = target.jar();
             let mut stick = Stickiness::new();
             let mut conn: Option<HttpConn> = None;
             let mut answered = false;
             while limits.take() {
+                // Every attempt takes a slot, a failed connect too: a site that refuses
+                // connections gets no more than the rate.
+                if !paced(&pacer, &limits).await {
+                    break;
+                }
                 if conn.as_ref().is_none_or(HttpConn::is_closed) {
                     match timed(opts.timeout, HttpConn::connect(&target)).await {
                         Ok(c) => conn = Some(c),
@@ -389,11 +521,15 @@ async fn http(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts, st
                     }
                 }
                 let Some(c) = conn.as_mut() else { continue };
+                // Churn sends only the cookies given on the command line.
+                let fresh = target.jar();
+                let cookies = if sticky { &jar } else { &fresh };
+                let had_session = has_session(cookies);
                 let t0 = Instant::now();
-                let cookies = sticky.then_some(&jar);
-                match timed(opts.timeout, c.get(&path, cookies)).await {
+                match timed(opts.timeout, c.get(&path, Some(cookies))).await {
                     Ok(resp) => {
                         answered = true;
+                        session_check(&rec, had_session, &resp);
                         if sticky {
                             rec.http_response(
                                 t0.elapsed(),
@@ -433,11 +569,11 @@ async fn login_and_open(
     sticky: &mut Stickiness,
     read_buffer: usize,
 ) -> Option<WsStream> {
-    let mut jar = CookieJar::default();
+    let mut jar = target.jar();
     let login = async {
         let mut conn = HttpConn::connect(target).await?;
         let t0 = Instant::now();
-        let resp = conn.get(&target.path("/hub"), None).await?;
+        let resp = conn.get(&target.path("/hub"), Some(&jar)).await?;
         Ok((t0.elapsed(), resp))
     };
     match timed(opts.timeout, login).await {
@@ -478,13 +614,24 @@ async fn login_and_open(
     }
 }
 
-async fn ws_echo(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts) {
+async fn ws_echo(
+    target: &Arc<Target>,
+    rec: &Arc<Recorder>,
+    opts: &ScenarioOpts,
+    pacer: &Option<Arc<Pacer>>,
+) {
     let limits = Arc::new(Limits::new(opts));
     let mut set = JoinSet::new();
     for i in 0..opts.connections {
-        let (target, rec, opts, limits) =
-            (target.clone(), rec.clone(), opts.clone(), limits.clone());
+        let (target, rec, opts, limits, pacer) = (
+            target.clone(),
+            rec.clone(),
+            opts.clone(),
+            limits.clone(),
+            pacer.clone(),
+        );
         set.spawn(async move {
+            tokio::time::sleep(ramp_delay(&opts, i)).await;
             let mut sticky = Stickiness::new();
             let Some(mut ws) = login_and_open(&target, &rec, &opts, &mut sticky, 64 * 1024).await
             else {
@@ -493,6 +640,9 @@ async fn ws_echo(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts)
             let data = payload(opts.message_size, i as u64);
             let mut sent = false;
             while limits.take() {
+                if !paced(&pacer, &limits).await {
+                    break;
+                }
                 match timed(
                     opts.timeout,
                     round_trip(&mut ws, Message::Binary(data.clone())),

@@ -264,7 +264,10 @@ async fn scenarios_run_clean_against_one_node() {
 fn non_loopback_targets_are_refused() {
     assert!(Target::parse("http://192.0.2.1:80", false).is_err());
     assert!(Target::parse("http://192.0.2.1:80", true).is_ok());
-    assert!(Target::parse("https://127.0.0.1:80", false).is_err());
+    // https:// and wss:// are targets too now; other schemes are refused.
+    assert!(Target::parse("https://127.0.0.1:80", false).is_ok());
+    assert!(Target::parse("wss://192.0.2.1", false).is_err());
+    assert!(Target::parse("ftp://127.0.0.1:80", false).is_err());
     let t = Target::parse("http://localhost:18000/hdr/", false).unwrap();
     assert_eq!(t.path("/hub"), "/hdr/hub");
     assert_eq!(t.authority, "localhost:18000");

@@ -30,8 +30,11 @@
 
 pub mod admin;
 pub mod clock;
+pub mod drain;
 mod health;
 mod listen;
+mod meter;
+mod metrics_catalog;
 pub mod proxy;
 mod reload;
 mod server;

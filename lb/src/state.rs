@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::Drain;
+use crate::meter::Meters;
 use crate::snapshot::Snapshot;
 use crate::sticky::{RouteKey, StickyTable, Tickets};
 use crate::telemetry::{Telemetry, TelemetryRanking};
@@ -54,6 +56,10 @@ pub struct State {
     /// Open connections per client address (only with `listener.max_connections_per_client`).
     pub per_client: DashMap<IpAddr, u32>,
     pub metrics_handles: StateMetrics,
+    /// The open tunnels' byte counters, collected into `lb_websocket_bytes_total` by scrapes.
+    pub ws_meters: Meters,
+    /// The balancer-wide drain (`POST /drain`): `/ready` answers 503 while it lasts.
+    pub drain: Drain,
 }
 
 /// Metric handles of the process-wide counters, made once.
@@ -63,8 +69,6 @@ pub struct StateMetrics {
     pub auth_paired: Counter,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
-    pub ws_bytes_to_node: Counter,
-    pub ws_bytes_to_client: Counter,
 }
 
 /// The outcome of the last configuration load.
@@ -104,6 +108,7 @@ fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::debug!("a metrics recorder was already installed");
             }
+            crate::metrics_catalog::describe();
             handle
         })
         .clone()
@@ -116,6 +121,9 @@ impl State {
         tls: crate::tls::Loaded,
         config_path: Option<PathBuf>,
     ) -> Arc<State> {
+        // The recorder first: metric handles made before it (the first snapshot's per-node
+        // handles below) would record nowhere.
+        let metrics = prometheus();
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
             None => {
@@ -155,7 +163,7 @@ impl State {
             reload_status: ArcSwap::from_pointee(reload_status),
             reload_lock: Mutex::new(()),
             config_path,
-            metrics: prometheus(),
+            metrics,
             bound: Mutex::new([None; 3]),
             registry,
             sticky,
@@ -174,9 +182,12 @@ impl State {
                 auth_paired: metrics::counter!("lb_auth_paired_connections_total"),
                 open_connections: metrics::gauge!("lb_open_connections"),
                 open_tunnels: metrics::gauge!("lb_open_websockets"),
-                ws_bytes_to_node: metrics::counter!("lb_websocket_bytes_total", "direction" => "to_node"),
-                ws_bytes_to_client: metrics::counter!("lb_websocket_bytes_total", "direction" => "to_client"),
             },
+            ws_meters: Meters::new(
+                metrics::counter!("lb_websocket_bytes_total", "direction" => "to_node"),
+                metrics::counter!("lb_websocket_bytes_total", "direction" => "to_client"),
+            ),
+            drain: Drain::default(),
         })
     }
 }

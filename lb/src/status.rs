@@ -27,8 +27,8 @@
 //!
 //! The admin API ([`AdminError`] and the constants below): 401 without the right token, 403 for
 //! a cross-site request (a `Host` not the admin listener's, a foreign `Origin` or
-//! `Sec-Fetch-Site`, a form content type on a POST), 404 for
-//! an unknown route or node, 422 for a refused reload, 503 from `/ready` while not ready.
+//! `Sec-Fetch-Site`, a form content type on a POST), 404 for an unknown route or node, 400 for
+//! a bad query parameter, 422 for a refused reload, 503 from `/ready` while not ready.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -230,6 +230,8 @@ pub enum AdminError {
     UnknownNode(String),
     /// 403: a cross-site or DNS-rebinding request (what was wrong with it).
     CrossSite(&'static str),
+    /// 400: a query parameter the route cannot take.
+    BadRequest(String),
 }
 
 impl AdminError {
@@ -238,6 +240,7 @@ impl AdminError {
             AdminError::MissingToken | AdminError::WrongToken => StatusCode::UNAUTHORIZED,
             AdminError::NoSuchRoute | AdminError::UnknownNode(_) => StatusCode::NOT_FOUND,
             AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -250,6 +253,7 @@ impl AdminError {
             AdminError::NoSuchRoute => "no such route".into(),
             AdminError::UnknownNode(id) => format!("no node with id {id:?}"),
             AdminError::CrossSite(why) => format!("cross-site request refused: {why}"),
+            AdminError::BadRequest(m) => m.clone(),
         }
     }
 }

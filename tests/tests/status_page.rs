@@ -273,6 +273,19 @@ async fn page_shows_every_node_and_its_figures() {
         text_of(&dom, "sum-sessions"),
         Some(status["sticky"]["sessions"].to_string())
     );
+    // The balancer's own figures: drain state, open files of their limit, memory, build.
+    assert_eq!(text_of(&dom, "sum-drain").as_deref(), Some("ready"));
+    let fds = text_of(&dom, "sum-fds").unwrap();
+    let (open, max) = fds
+        .split_once(" / ")
+        .unwrap_or_else(|| panic!("open files {fds:?}"));
+    let num = |s: &str| s.replace(',', "").parse::<u64>().unwrap();
+    assert!(num(open) >= 4 && num(max) >= num(open), "{fds}");
+    assert!(text_of(&dom, "sum-rss").unwrap().ends_with("MiB"));
+    assert!(text_of(&dom, "sum-ws-bytes").unwrap().contains('↑'));
+    assert!(text_of(&dom, "sum-build")
+        .unwrap()
+        .starts_with(env!("CARGO_PKG_VERSION")));
     lb.shutdown().await;
 }
 
@@ -527,6 +540,15 @@ async fn drain_and_ready_buttons() {
     })
     .await
     .expect("page shows the drain");
+    // Its users are still there (the setup pinned one to each node): no "drained" yet, and
+    // the page says who is left.
+    tokio::time::timeout(T, async {
+        while !d.text("#users-qps2").await.contains("recent sessions") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("page shows who is still on the drained node");
     d.click("#ready-qps2").await;
     wait_admin_state(admin, None, "qps2", "ready").await;
     d.quit().await;

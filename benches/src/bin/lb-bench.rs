@@ -183,12 +183,39 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Target URL (http only), optionally with a virtual proxy prefix.
+    /// Target URL, `http://`, `https://`, `ws://` or `wss://`, optionally with a virtual proxy
+    /// prefix.
     #[arg(long, default_value = "http://127.0.0.1:18000")]
     url: String,
-    /// Allow a target that is not a loopback address.
+    /// Allow a target that is not a loopback address (then at most 1000 users and 1 h unless
+    /// --max-users / --max-duration-secs say otherwise).
     #[arg(long)]
     allow_remote: bool,
+    /// PEM CA bundle that signed the target's certificate (default: the system roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any certificate of an https:// or wss:// target.
+    #[arg(long)]
+    insecure: bool,
+    /// Extra request header, `Name: value` (repeatable), e.g. for header authentication.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Cookie every user starts with, `name=value` (repeatable), e.g. a Qlik session taken
+    /// from a signed-in browser.
+    #[arg(long = "cookie")]
+    cookies: Vec<String>,
+    /// At most this many requests (messages for ws-echo) per second across all users.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Users start spread over this many seconds, and the rate limit grows from 0 over them.
+    #[arg(long, default_value_t = 0.0)]
+    ramp_secs: f64,
+    /// Refuse runs with more users than this (default 100000, or 1000 with --allow-remote).
+    #[arg(long)]
+    max_users: Option<usize>,
+    /// Refuse runs longer than this (default 24 h, or 1 h with --allow-remote).
+    #[arg(long)]
+    max_duration_secs: Option<f64>,
     /// Time bound in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
@@ -215,6 +242,27 @@ impl Common {
             max_count: self.count,
             threads: self.threads.max(1),
             timeout: Duration::from_millis(self.timeout_ms),
+            target: lb_bench::client::TargetOpts {
+                ca_file: self.ca_file.clone(),
+                insecure: self.insecure,
+                headers: self.headers.clone(),
+                cookies: self.cookies.clone(),
+            },
+            rate: self.rate,
+            ramp: Duration::from_secs_f64(self.ramp_secs.max(0.0)),
+            max_users: self.max_users.unwrap_or(if self.allow_remote {
+                scenario::MAX_REMOTE_USERS
+            } else {
+                scenario::MAX_USERS
+            }),
+            max_duration: self
+                .max_duration_secs
+                .map(|s| Duration::from_secs_f64(s.max(0.0)))
+                .unwrap_or(if self.allow_remote {
+                    scenario::MAX_REMOTE_DURATION
+                } else {
+                    scenario::MAX_DURATION
+                }),
             ..ScenarioOpts::default()
         }
     }

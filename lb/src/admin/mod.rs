@@ -9,7 +9,9 @@
 //! | `POST /nodes/{id}/maint` | out of rotation: pinned sessions are redispatched too (`?close_websockets=true` also closes its open WebSockets) |
 //! | `POST /reload` | re-reads the configuration file: 200 `{"ok":true,"version"}` or 422 `{"ok":false,"error"}` |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /ready` | 200 `ok` while not shutting down and some node takes new sessions, else 503 |
+//! | `POST /drain` | the whole balancer drains (`?deadline=10m` closes the WebSockets left then); see [`crate::drain`] |
+//! | `POST /undrain`, `POST /ready` | the drain ends |
+//! | `GET /ready` | 200 `ok` while not shutting down nor draining and some node takes new sessions, else 503 |
 //!
 //! With `[admin] token` set, every route but the page itself needs `Authorization: Bearer
 //! <token>` (compared in constant time); without it the answer is 401 with
@@ -23,7 +25,12 @@
 //! Admin states live in the node's [`NodeState`](crate::upstream::NodeState), so they survive
 //! reloads.
 
+pub mod client;
+mod collect;
+mod drain;
+mod process;
 mod status;
+mod users;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,6 +90,8 @@ pub fn router(ctx: AdminCtx) -> Router {
         .route("/nodes/{id}/ready", post(post_ready))
         .route("/nodes/{id}/maint", post(post_maint))
         .route("/reload", post(post_reload))
+        .route("/drain", post(drain::post_drain))
+        .route("/undrain", post(drain::post_undrain))
         .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
@@ -91,7 +100,13 @@ pub fn router(ctx: AdminCtx) -> Router {
     Router::new()
         .route("/", get(get_page))
         .route("/index.html", get(get_page))
-        .route("/ready", get(get_ready))
+        .route(
+            "/ready",
+            get(get_ready).merge(
+                post(drain::post_undrain)
+                    .route_layer(middleware::from_fn_with_state(app.clone(), auth)),
+            ),
+        )
         .merge(protected)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), same_site))
@@ -277,10 +292,19 @@ fn no_store<T: IntoResponse>(v: T) -> Response {
 }
 
 async fn get_status(Extract(app): AppState) -> Response {
-    no_store(Json(status::status(
-        &app.ctx.state,
-        app.started.elapsed().as_secs(),
-    )))
+    // Counting the sticky table's sessions by node walks the whole table: off the workers.
+    let a = app.clone();
+    match tokio::task::spawn_blocking(move || {
+        status::status(&a.ctx.state, a.started.elapsed().as_secs())
+    })
+    .await
+    {
+        Ok(v) => no_store(Json(v)),
+        Err(e) => no_store((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("status failed: {e}") })),
+        )),
+    }
 }
 
 async fn get_node(Extract(app): AppState, Path(id): Path<String>) -> Response {
@@ -288,7 +312,7 @@ async fn get_node(Extract(app): AppState, Path(id): Path<String>) -> Response {
     let Some(pos) = snap.pos_of_id(&id) else {
         return unknown_node(&id);
     };
-    let pinned = app.ctx.state.sticky.count_by_node();
+    let pinned = users::session_counts(&app.ctx.state);
     no_store(Json(status::node(
         &app.ctx.state,
         snap.node(pos),
@@ -340,7 +364,7 @@ fn set_admin(app: &App, id: &str, to: AdminState, close_websockets: bool) -> Res
         tracing::info!(node = %n.id, "closing the node's open WebSockets");
         n.state.close_tunnels();
     }
-    let pinned = state.sticky.count_by_node();
+    let pinned = users::session_counts(state);
     no_store(Json(status::node(state, n, &pinned, clock::now_ms())))
 }
 
@@ -361,7 +385,14 @@ async fn post_reload(Extract(app): AppState) -> Response {
 }
 
 async fn get_metrics(Extract(app): AppState) -> Response {
-    let body = app.ctx.metrics.render();
+    // The scrape-time figures walk the sticky table and read /proc: off the workers.
+    let a = app.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        collect::collect(&a.ctx.state);
+        a.ctx.metrics.render()
+    })
+    .await
+    .unwrap_or_else(|e| format!("# collecting the metrics failed: {e}\n"));
     (
         [
             (
@@ -379,6 +410,8 @@ async fn get_ready(Extract(app): AppState) -> Response {
     let state = &app.ctx.state;
     let (code, body) = if state.shutdown.is_cancelled() {
         (NOT_READY, "shutting down")
+    } else if state.drain.is_draining() {
+        (NOT_READY, "draining")
     } else {
         let now = clock::now_ms();
         let snap = state.snapshot.load();

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
+use super::process;
+use super::users::{self, Users};
 use crate::clock;
 use crate::snapshot::Node;
 use crate::state::State;
@@ -23,7 +25,7 @@ pub(super) fn admin_str(s: AdminState) -> &'static str {
 pub(super) fn status(state: &State, uptime_seconds: u64) -> Value {
     let now = clock::now_ms();
     let snap = state.snapshot.load();
-    let pinned = state.sticky.count_by_node();
+    let pinned = users::session_counts(state);
     let reload = state.reload_status.load();
     let nodes: Vec<Value> = snap
         .nodes
@@ -43,6 +45,10 @@ pub(super) fn status(state: &State, uptime_seconds: u64) -> Value {
         "shutting_down": state.shutdown.is_cancelled(),
         "open_connections": state.open_connections.load(Ordering::Relaxed),
         "open_websockets": state.open_tunnels.load(Ordering::Relaxed),
+        "websocket_bytes": websocket_bytes(state),
+        "drain": balancer_drain(state),
+        "process": process::read(),
+        "build": { "version": env!("CARGO_PKG_VERSION"), "commit": crate::metrics_catalog::COMMIT },
         "sticky": {
             "sessions": state.sticky.len(),
             "evictions": state.sticky.evictions(),
@@ -52,7 +58,12 @@ pub(super) fn status(state: &State, uptime_seconds: u64) -> Value {
 }
 
 /// One node as the status shows it. `pinned` is the sticky table's count by node index.
-pub(super) fn node(state: &State, n: &Node, pinned: &HashMap<u32, usize>, now: u64) -> Value {
+pub(super) fn node(
+    state: &State,
+    n: &Node,
+    pinned: &HashMap<u32, (usize, usize)>,
+    now: u64,
+) -> Value {
     let st = &n.state;
     let passively_down = st.passively_down(now);
     let up = st.healthy() && !passively_down;
@@ -72,11 +83,36 @@ pub(super) fn node(state: &State, n: &Node, pinned: &HashMap<u32, usize>, now: u
         "accepts_new": n.accepts_new(now),
         "in_flight": st.in_flight.load(Ordering::Relaxed),
         "open_websockets": st.open_tunnels.load(Ordering::Relaxed),
-        "pinned_sessions": pinned.get(&st.idx.0).copied().unwrap_or(0),
+        "pinned_sessions": pinned.get(&st.idx.0).map_or(0, |c| c.0),
+        "drain": Users::of(state, n, pinned, now).json(),
         "requests_total": st.requests_total.load(Ordering::Relaxed),
         "failures_total": st.failures_total.load(Ordering::Relaxed),
         "redispatches_total": st.redispatches_total.load(Ordering::Relaxed),
         "engine": engine,
+    })
+}
+
+fn websocket_bytes(state: &State) -> Value {
+    let (to_node, to_client) = state.ws_meters.totals();
+    json!({ "to_node": to_node, "to_client": to_client })
+}
+
+/// The balancer-wide drain: whether it runs, since when, its deadline, and what is left.
+/// Drained: no client connection and no WebSocket left.
+pub(super) fn balancer_drain(state: &State) -> Value {
+    let i = state.drain.info();
+    let conns = state.open_connections.load(Ordering::Relaxed);
+    let ws = state.open_tunnels.load(Ordering::Relaxed);
+    json!({
+        "draining": i.draining,
+        "since_unix_ms": i.since_unix_ms,
+        "deadline_unix_ms": i.deadline_unix_ms,
+        "deadline_passed": i.deadline_passed,
+        "open_connections": conns,
+        "open_websockets": ws,
+        "drained": i.draining && conns <= 0 && ws <= 0,
+        "rule": "draining, and no client connection and no WebSocket left",
+        "node_rule": users::RULE,
     })
 }
 

@@ -1,4 +1,4 @@
-//! `lb`: run the balancer, or check a configuration file.
+//! `lb`: run the balancer, check a configuration file, or drain a running balancer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,42 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Drain a running balancer through its admin API: its `/ready` answers 503 so the load
+    /// balancer in front stops sending it connections; users and WebSockets continue. Waits
+    /// until it is drained (no connection and no WebSocket left) and exits 0: it can then be
+    /// stopped or upgraded. Exits 1 on an error, or when it is still not drained 30 s after the
+    /// deadline.
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Close the WebSockets still open after this long (1001, "going away"), e.g. "10m".
+        /// Without it they may stay as long as they like.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Start the drain and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// End a drain: the balancer is ready again (`/ready` 200).
+    Undrain {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is and its token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API address (`host:port`). Default: `[admin] address` of `--config`, else
+    /// 127.0.0.1:18001.
+    #[arg(long)]
+    admin: Option<String>,
+    /// File holding the admin bearer token (trimmed). Default: `[admin] token` of `--config`.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The balancer's configuration file, for the admin address and token.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +73,12 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
+        Cmd::Drain {
+            admin,
+            deadline,
+            no_wait,
+        } => admin_command(admin, |c| drain::drain(c, deadline, no_wait)),
+        Cmd::Undrain { admin } => admin_command(admin, drain::undrain),
     }
 }
 
@@ -97,5 +139,157 @@ fn run(path: &std::path::Path) -> ExitCode {
             eprintln!("lb: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn admin_command<F, Fut>(args: AdminArgs, f: F) -> ExitCode
+where
+    F: FnOnce(lb::admin::client::AdminClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let client = match admin_client(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f(client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_client(args: &AdminArgs) -> anyhow::Result<lb::admin::client::AdminClient> {
+    use anyhow::Context as _;
+    let from_config = match &args.config {
+        Some(p) => Some(
+            lb_config::Config::from_file(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .admin
+                .with_context(|| format!("{}: no [admin] section", p.display()))?,
+        ),
+        None => None,
+    };
+    let addr = match (&args.admin, &from_config) {
+        (Some(a), _) => lb::admin::client::AdminClient::resolve(a)?,
+        (None, Some(a)) => lb::admin::client::AdminClient::resolve(&a.address.to_string())?,
+        (None, None) => lb::admin::client::AdminClient::resolve("127.0.0.1:18001")?,
+    };
+    let token = match (&args.token_file, from_config) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Some(a)) => a.token,
+        (None, None) => None,
+    };
+    Ok(lb::admin::client::AdminClient {
+        addr,
+        token,
+        timeout: std::time::Duration::from_secs(10),
+    })
+}
+
+mod drain {
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context as _};
+    use http::Method;
+    use lb::admin::client::{AdminClient, Answer};
+
+    /// How long `lb drain` waits past the deadline for the last connections to close.
+    const PAST_DEADLINE: Duration = Duration::from_secs(30);
+
+    fn ok(a: Answer, what: &str) -> anyhow::Result<serde_json::Value> {
+        if a.status != 200 {
+            bail!("{what}: HTTP {}: {}", a.status, a.body.trim());
+        }
+        a.json()
+    }
+
+    pub async fn drain(
+        c: AdminClient,
+        deadline: Option<String>,
+        no_wait: bool,
+    ) -> anyhow::Result<()> {
+        let limit =
+            match &deadline {
+                Some(d) => Some(humantime::parse_duration(d.trim()).with_context(|| {
+                    format!("--deadline {d:?} (expected e.g. \"90s\", \"10m\")")
+                })?),
+                None => None,
+            };
+        let path = match limit {
+            Some(d) => format!("/drain?deadline={}ms", d.as_millis()),
+            None => "/drain".to_string(),
+        };
+        let started = Instant::now();
+        let d = ok(c.call(Method::POST, &path).await?, "POST /drain")?;
+        println!(
+            "draining {}: {} connection(s), {} WebSocket(s) open{}",
+            c.addr,
+            d["open_connections"],
+            d["open_websockets"],
+            limit.map_or(String::new(), |l| format!(
+                "; WebSockets left in {} will be closed",
+                humantime::format_duration(l)
+            ))
+        );
+        if no_wait {
+            return Ok(());
+        }
+        let mut last = (i64::MIN, i64::MIN);
+        loop {
+            let s = ok(c.call(Method::GET, "/status").await?, "GET /status")?;
+            let d = &s["drain"];
+            if d["draining"] != true {
+                bail!("the drain was ended (POST /ready or /undrain) before it completed");
+            }
+            if d["drained"] == true {
+                println!(
+                    "drained: no connection and no WebSocket left; the balancer can be stopped"
+                );
+                return Ok(());
+            }
+            let now = (
+                d["open_connections"].as_i64().unwrap_or(-1),
+                d["open_websockets"].as_i64().unwrap_or(-1),
+            );
+            if now != last {
+                println!("  {} connection(s), {} WebSocket(s) open", now.0, now.1);
+                last = now;
+            }
+            if limit.is_some_and(|l| started.elapsed() > l + PAST_DEADLINE) {
+                bail!(
+                    "not drained {} after the deadline: {} connection(s), {} WebSocket(s) open",
+                    humantime::format_duration(PAST_DEADLINE),
+                    now.0,
+                    now.1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub async fn undrain(c: AdminClient) -> anyhow::Result<()> {
+        ok(c.call(Method::POST, "/undrain").await?, "POST /undrain")?;
+        println!("{}: ready (drain ended)", c.addr);
+        Ok(())
     }
 }

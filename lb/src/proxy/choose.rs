@@ -102,6 +102,7 @@ pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Cho
     if decision == Decision::Redispatch {
         redispatched(state, snap, pos, &pins);
     }
+    snap.node(pos).state.note_request(now);
     Ok(Choice {
         pos,
         decision,

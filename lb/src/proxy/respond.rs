@@ -46,6 +46,13 @@ pub fn respond(
         return resp.map(Either::Left);
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
+    // The balancer drains: the connection closes after this answer, so the client's next one
+    // goes through the load balancer in front. Not on a 401: an NTLM challenge is bound to
+    // its connection.
+    if state.drain.is_draining() && resp.status() != StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if conn.tls {
         if let Some(v) = &snap.hsts {
             resp.headers_mut()

@@ -155,6 +155,24 @@ impl StickyTable {
         m
     }
 
+    /// Counts learned sessions per node index: all of them, and those seen at or after
+    /// `since` (clock seconds).
+    pub fn count_by_node_since(
+        &self,
+        since: u32,
+    ) -> std::collections::HashMap<u32, (usize, usize)> {
+        let mut m: std::collections::HashMap<u32, (usize, usize)> =
+            std::collections::HashMap::new();
+        for e in self.map.iter() {
+            let c = m.entry(e.node).or_default();
+            c.0 += 1;
+            if e.last_seen.load(Ordering::Relaxed) >= since {
+                c.1 += 1;
+            }
+        }
+        m
+    }
+
     /// Drops idle entries, then, if still over the bound, the least recently seen ones down to
     /// 98% of the bound. Returns (expired, evicted).
     pub fn sweep(&self) -> (u64, u64) {

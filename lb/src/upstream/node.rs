@@ -64,6 +64,9 @@ pub struct NodeState {
     pub failures_total: AtomicU64,
     pub redispatches_total: AtomicU64,
     pub pinned_sessions: AtomicI64,
+    /// Clock milliseconds of the last request sent to this node (to the second): how a drained
+    /// node's users who hold only a route cookie are seen.
+    last_request_ms: AtomicU64,
     /// Consecutive active check results, for rise/fall.
     pub check_streak: AtomicU32,
     /// Passive error window: its start (clock ms) and the errors counted in it.
@@ -89,6 +92,7 @@ impl NodeState {
             failures_total: AtomicU64::new(0),
             redispatches_total: AtomicU64::new(0),
             pinned_sessions: AtomicI64::new(0),
+            last_request_ms: AtomicU64::new(0),
             check_streak: AtomicU32::new(0),
             err_window_ms: AtomicU64::new(0),
             err_count: AtomicU32::new(0),
@@ -186,6 +190,21 @@ impl NodeState {
     /// Can the node take a new session?
     pub fn accepts_new(&self, now_ms: u64) -> bool {
         self.usable(now_ms) && self.admin_state() == AdminState::Ready
+    }
+
+    /// A request goes to this node. Written at most once a second, so the cache line stays
+    /// shared between workers.
+    #[inline]
+    pub fn note_request(&self, now_ms: u64) {
+        let last = self.last_request_ms.load(Ordering::Relaxed);
+        if last == 0 || last + 1000 <= now_ms {
+            self.last_request_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Clock milliseconds of the last request sent to this node (0: none yet).
+    pub fn last_request_ms(&self) -> u64 {
+        self.last_request_ms.load(Ordering::Relaxed)
     }
 
     /// Load figure for least-connections: requests in flight plus open tunnels.

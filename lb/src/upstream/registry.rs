@@ -35,6 +35,14 @@ impl NodeRegistry {
         self.nodes.get(id).map(|n| n.clone())
     }
 
+    /// Every node ever configured, by index.
+    pub fn all(&self) -> Vec<Arc<NodeState>> {
+        self.by_idx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn by_idx(&self, idx: NodeIdx) -> Option<Arc<NodeState>> {
         self.by_idx
             .lock()

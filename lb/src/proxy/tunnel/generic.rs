@@ -1,5 +1,6 @@
 //! The generic splice (TLS on either side): a copy with small buffers and the same idle and
-//! close handling as the TCP splice, without the frame tracking.
+//! close handling as the TCP splice; when the balancer closes the tunnel, the client gets the
+//! same 1001 close frame (then TLS `close_notify`) when its stream is at a frame boundary.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,12 +8,23 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::frames::FrameTracker;
 use super::takeover::Io;
-use super::{Closing, Counts, End, FIN_LINGER};
+use super::{Closing, Counts, End, CLOSE_GOING_AWAY, FIN_LINGER};
 use crate::clock;
 
+/// How long the balancer's own close frame may take to reach a client.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+/// The frame boundaries of what reached the client, and whether a write to it was cut short.
+#[derive(Default)]
+struct ToClient {
+    frames: FrameTracker,
+    writing: bool,
+}
+
 /// The generic path (TLS on either side): a copy with small buffers and the same idle and
-/// close handling, without the frame tracking.
+/// close handling, with a 1001 close frame for the client when the balancer closes.
 pub(super) async fn splice_generic(
     client: Box<dyn Io>,
     node: Box<dyn Io>,
@@ -23,14 +35,32 @@ pub(super) async fn splice_generic(
     let last = AtomicU64::new(clock::now_ms());
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut nr, mut nw) = tokio::io::split(node);
-    let up = copy(&mut cr, &mut nw, &last, &counts.to_node, stall);
-    let down = copy(&mut nr, &mut cw, &last, &counts.to_client, stall);
-    let both = both_with_linger(up, down);
-    tokio::select! {
-        _ = both => End::Closed,
-        _ = idle_watch(&last, idle) => End::Idle,
-        _ = closing.cancelled() => End::Closing,
+    let mut down_state = ToClient::default();
+    let end = {
+        let up = copy(&mut cr, &mut nw, &last, &counts.to_node, stall, None);
+        let down = copy(
+            &mut nr,
+            &mut cw,
+            &last,
+            &counts.to_client,
+            stall,
+            Some(&mut down_state),
+        );
+        let both = both_with_linger(up, down);
+        tokio::select! {
+            _ = both => End::Closed,
+            _ = idle_watch(&last, idle) => End::Idle,
+            _ = closing.cancelled() => End::Closing,
+        }
+    };
+    if end != End::Closed && !down_state.writing && down_state.frames.at_boundary() {
+        let _ = tokio::time::timeout(CLOSE_WRITE, async {
+            cw.write_all(&CLOSE_GOING_AWAY).await?;
+            cw.shutdown().await
+        })
+        .await;
     }
+    end
 }
 
 async fn copy<R, W>(
@@ -39,6 +69,7 @@ async fn copy<R, W>(
     last: &AtomicU64,
     count: &AtomicU64,
     stall: Duration,
+    mut track: Option<&mut ToClient>,
 ) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -52,6 +83,11 @@ where
             return Ok(());
         }
         last.store(clock::now_ms(), Ordering::Relaxed);
+        // A write cut short (the tunnel closed meanwhile) leaves `writing` set: no frame of
+        // the balancer's may follow a partial one.
+        if let Some(t) = track.as_deref_mut() {
+            t.writing = true;
+        }
         // A peer that stopped reading ends the tunnel after `stall`.
         tokio::time::timeout(stall, async {
             w.write_all(&buf[..n]).await?;
@@ -59,6 +95,10 @@ where
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+        if let Some(t) = track.as_deref_mut() {
+            t.frames.feed(&buf[..n]);
+            t.writing = false;
+        }
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -15,7 +15,7 @@ mod tcp;
 
 pub use frames::FrameTracker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,12 +57,7 @@ impl End {
     }
 }
 
-/// Bytes moved by a tunnel.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub to_node: AtomicU64,
-    pub to_client: AtomicU64,
-}
+pub use crate::meter::Counts;
 
 /// Runs the tunnel of an upgraded request once both sides have switched protocols, in the
 /// tracker that shutdown drains.
@@ -98,13 +93,15 @@ pub(crate) fn spawn(
         node_state.open_tunnels.fetch_add(1, Ordering::Relaxed);
         state.open_tunnels.fetch_add(1, Ordering::Relaxed);
         gauges.open_tunnels.increment(1.0);
-        let counts = Counts::default();
+        // Counted while it flows: scrapes collect from the open tunnels' counters.
+        let ticket = state.ws_meters.open();
+        let counts = &ticket.counts;
         let end = {
-            let spliced = splice(c, n, (idle, stall), &close, &state.tunnels_close, &counts);
+            let spliced = splice(c, n, (idle, stall), &close, &state.tunnels_close, counts);
             match &session {
                 None => spliced.await,
                 Some(key) => {
-                    let refresh = keep_session(&state, key, &counts, touch_every);
+                    let refresh = keep_session(&state, key, counts, touch_every);
                     tokio::pin!(spliced);
                     tokio::select! {
                         end = &mut spliced => end,
@@ -115,8 +112,7 @@ pub(crate) fn spawn(
         };
         let to_node = counts.to_node.load(Ordering::Relaxed);
         let to_client = counts.to_client.load(Ordering::Relaxed);
-        gauges.ws_bytes_to_node.increment(to_node);
-        gauges.ws_bytes_to_client.increment(to_client);
+        state.ws_meters.close(ticket);
         node_state.open_tunnels.fetch_sub(1, Ordering::Relaxed);
         state.open_tunnels.fetch_sub(1, Ordering::Relaxed);
         gauges.open_tunnels.decrement(1.0);
