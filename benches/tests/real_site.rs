@@ -59,7 +59,7 @@ async fn the_command_line_holds_the_rate_and_refuses_over_the_caps() {
                 "--connections",
                 "4",
                 "--rate",
-                "150",
+                "100",
                 "--duration-secs",
                 "2",
                 "--header",
@@ -78,9 +78,9 @@ async fn the_command_line_holds_the_rate_and_refuses_over_the_caps() {
     );
     let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(r.is_clean(), "{r:?}");
-    assert_eq!(r.rate_limit, Some(150.0));
-    let err = (r.requests_per_sec - 150.0).abs() / 150.0;
-    assert!(err <= 0.10, "{} requests/s against 150", r.requests_per_sec);
+    assert_eq!(r.rate_limit, Some(100.0));
+    let err = (r.requests_per_sec - 100.0).abs() / 100.0;
+    assert!(err <= 0.10, "{} requests/s against 100", r.requests_per_sec);
 
     let refused = |args: &[&str], what: &str| {
         let out = lb_bench(args);
