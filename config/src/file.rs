@@ -192,6 +192,8 @@ pub struct StickyFile {
     pub route_cookie: String,
     pub route_key: Option<String>,
     pub route_key_file: Option<String>,
+    /// `[sticky.shared]`: the store several balancers share what they learn through.
+    pub shared: Option<SharedStoreFile>,
 }
 
 impl Default for StickyFile {
@@ -204,6 +206,38 @@ impl Default for StickyFile {
             route_cookie: "QLB_ROUTE".into(),
             route_key: None,
             route_key_file: None,
+            shared: None,
+        }
+    }
+}
+
+/// `[sticky.shared]`: a Valkey/Redis store (off unless the section is present).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedStoreFile {
+    pub url: String,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub key_prefix: String,
+    pub lookup_timeout: Dur,
+    pub connect_timeout: Dur,
+    pub write_timeout: Dur,
+    pub write_batch: usize,
+    pub write_queue: usize,
+}
+
+impl Default for SharedStoreFile {
+    fn default() -> Self {
+        SharedStoreFile {
+            url: String::new(),
+            username: None,
+            password_file: None,
+            key_prefix: "lb:".into(),
+            lookup_timeout: Dur(Duration::from_millis(5)),
+            connect_timeout: secs(1),
+            write_timeout: secs(1),
+            write_batch: 256,
+            write_queue: 65_536,
         }
     }
 }

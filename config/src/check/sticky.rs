@@ -13,6 +13,7 @@ impl Validator<'_> {
             self.err("sticky.max_sessions", "must be at least 1");
         }
         let route_key = self.route_key(s);
+        let shared = s.shared.as_ref().map(|f| self.shared_store(f));
         Sticky {
             session_cookies: s.session_cookies.clone(),
             session_cookie_prefixes: s.session_cookie_prefixes.clone(),
@@ -25,6 +26,7 @@ impl Validator<'_> {
             max_sessions: s.max_sessions,
             route_cookie: s.route_cookie.clone(),
             route_key,
+            shared,
         }
     }
 
@@ -95,7 +97,7 @@ impl Validator<'_> {
 
 /// Reads a regular file of at most `max` bytes (a key file): a FIFO, a device or a huge file
 /// is an error, not a hang.
-fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub(super) fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     if !meta.is_file() {
@@ -111,7 +113,7 @@ fn read_small_file(p: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn trim_bytes(b: &[u8]) -> &[u8] {
+pub(super) fn trim_bytes(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
