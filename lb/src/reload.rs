@@ -52,6 +52,9 @@ impl State {
         {
             tracing::warn!("sticky.route_key changed: it applies after a restart");
         }
+        if config.sticky.shared != old.config.sticky.shared {
+            tracing::warn!("sticky.shared changed: it applies after a restart");
+        }
         let tls = match crate::tls::load(&config) {
             Ok(t) => t,
             Err(e) => return Err(self.refuse(e.to_string())),

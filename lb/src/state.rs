@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::snapshot::Snapshot;
-use crate::sticky::{RouteKey, StickyTable};
+use crate::sticky::{RouteKey, SharedStore, StickyTable};
 use crate::telemetry::{Telemetry, TelemetryRanking};
 use crate::upstream::{LoadRanking, NodeRegistry};
 
@@ -38,6 +38,8 @@ pub struct State {
     pub bound: Mutex<[Option<SocketAddr>; 3]>,
     pub registry: NodeRegistry,
     pub sticky: StickyTable,
+    /// The store shared with other balancers (`[sticky.shared]`), when configured.
+    pub shared: Option<Arc<SharedStore>>,
     pub route_key: RouteKey,
     /// Cancelled when the balancer stops accepting (shutdown begins).
     pub shutdown: CancellationToken,
@@ -109,6 +111,7 @@ impl State {
         config: Config,
         tls: crate::tls::Loaded,
         config_path: Option<PathBuf>,
+        shared: Option<Arc<SharedStore>>,
     ) -> Arc<State> {
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
@@ -153,6 +156,7 @@ impl State {
             bound: Mutex::new([None; 3]),
             registry,
             sticky,
+            shared,
             route_key,
             shutdown: CancellationToken::new(),
             tunnels_close: CancellationToken::new(),

@@ -239,7 +239,10 @@ mod tests {
         .unwrap();
         let s = c.sticky.shared.unwrap();
         assert_eq!(s.password.as_deref(), Some("s3cret"));
-        assert!(!format!("{s:?}").contains("s3cret"), "Debug shows the password");
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "Debug shows the password"
+        );
         let e = with_store("url = \"redis://h:1\"\npassword_file = \"missing\"", &dir).unwrap_err();
         assert_eq!(paths(&e), ["sticky.shared.password_file"]);
         assert!(e.to_string().contains("missing"), "{e}");

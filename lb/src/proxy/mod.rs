@@ -115,7 +115,11 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<(Response<RespBody>, NodePos, Decision), Failed> {
     let admitted = admit::admit(snap, &req)?;
-    let mut choice = choose::choose(state, snap, req.headers())?;
+    let mut choice = if state.shared.is_some() {
+        choose::choose_shared(state, snap, req.headers()).await?
+    } else {
+        choose::choose(state, snap, req.headers())?
+    };
     let client_upgrade = admitted.upgrade.then(|| hyper::upgrade::on(&mut req));
     let had_route_cookie = choice.pins.route != choose::RoutePin::Absent;
     let req = headers::rewrite(snap, conn, had_route_cookie, admitted.upgrade, req);

@@ -15,6 +15,7 @@ use super::{headers, tunnel, ConnInfo, RespBody};
 use crate::snapshot::{Node, Snapshot};
 use crate::state::State;
 use crate::sticky::cookie;
+use crate::sticky::shared::{self, Kind};
 
 /// Turns the node's answer into the client's.
 pub fn respond(
@@ -72,10 +73,17 @@ fn learn(state: &State, snap: &Snapshot, node: &Node, headers: &HeaderMap, choic
         if c.removes {
             if let Some((_, key)) = &choice.pins.learned {
                 state.sticky.forget_key(key);
+                if let Some(store) = &state.shared {
+                    store.forget(Kind::Session, &shared::session_value(key));
+                }
             }
         } else {
             state.sticky.learn(c.value, node.state.idx.0);
             state.metrics_handles.learned_total.increment(1);
+            if let Some(store) = &state.shared {
+                let idle = snap.config.sticky.session_idle_timeout;
+                store.put_session(c.value, &node.id, idle);
+            }
         }
     }
 }

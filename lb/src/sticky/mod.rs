@@ -6,10 +6,12 @@
 
 pub mod cookie;
 pub mod route;
+pub mod shared;
 pub mod table;
 
 pub use cookie::SessionCookieNames;
 pub use route::RouteKey;
+pub use shared::SharedStore;
 pub use table::StickyTable;
 
 /// How the node of a request was decided (the access log and metrics use these names).
