@@ -538,3 +538,32 @@ fn lb_check_names_a_bad_store_url_and_an_unreadable_password_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_use_does_not_expire_in_the_store() {
+    let store = Store::start(&[]).await;
+    let sim = SimCluster::start(2, 0, SimOptions::default())
+        .await
+        .unwrap();
+    // Idle timeout 2 s: the store entry's TTL; a session in use is written again each second.
+    let text =
+        extra(store.addr(), "").replace("[sticky]\n", "[sticky]\nsession_idle_timeout = \"2s\"\n");
+    let lb = start(&sim.addrs(), &text).await;
+    let mut u = User::new(lb.proxy_addr()).await;
+    assert_eq!(u.get("/hub").await.status, StatusCode::OK);
+    let key = format!("lb:s:{}", u.jar.get(SESSION).unwrap());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(u.get("/qmc").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ttl: i64 = store.cli(&["PTTL", &key]).parse().unwrap();
+    assert!(
+        ttl > 0,
+        "the entry of a session in use expired (PTTL {ttl})"
+    );
+    // Unused, it expires with its idle timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(store.cli(&["EXISTS", &key]), "0");
+    lb.shutdown().await;
+}

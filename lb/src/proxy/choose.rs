@@ -65,6 +65,17 @@ pub async fn choose_shared(
     headers: &HeaderMap,
 ) -> Result<Choice, ProxyError> {
     let mut pins = read_pins(snap, state, headers);
+    if let (Some(store), Some((Some(pos), key))) = (&state.shared, &pins.learned) {
+        // A session in use here: its store entry is written again every half idle timeout,
+        // in the background, so that it does not expire there while it lives here.
+        let idle = snap.config.sticky.session_idle_timeout;
+        if state
+            .sticky
+            .store_refresh_due(key, (idle.as_secs() / 2) as u32)
+        {
+            store.put_session(&shared::session_value(key), &snap.node(*pos).id, idle);
+        }
+    }
     if let (Some(store), true) = (&state.shared, pins.unknown_session) {
         if let Some(value) = first_session_value(snap, headers) {
             if let Lookup::Hit(id) = store.lookup(Kind::Session, value).await {
