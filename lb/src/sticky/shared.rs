@@ -409,8 +409,14 @@ impl SharedStore {
             }
             tokio::select! {
                 _ = stop.cancelled() => {
-                    // What is queued at shutdown gets one try.
-                    rx.recv_many(&mut batch, self.write_batch).await;
+                    // What is queued at shutdown gets one try (the queue never closes: its
+                    // sender lives as long as the store, so take only what is there).
+                    while batch.len() < self.write_batch {
+                        match rx.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
                     if !batch.is_empty() {
                         self.flush(&mut batch).await;
                     }
