@@ -243,8 +243,10 @@ async fn store_killed_and_restarted_under_load_costs_no_request() {
     let sim = SimCluster::start(3, 0, SimOptions::default())
         .await
         .unwrap();
-    let a = start(&sim.addrs(), &extra(store.addr(), "")).await;
-    let b = start(&sim.addrs(), &extra(store.addr(), "")).await;
+    // A generous lookup deadline (see the first test): the final check asks B to find a user.
+    let generous = "lookup_timeout = \"500ms\"\n";
+    let a = start(&sim.addrs(), &extra(store.addr(), generous)).await;
+    let b = start(&sim.addrs(), &extra(store.addr(), generous)).await;
     offset_round_robin(&b).await;
     store_status_until(&a, "up", |s| s["state"] == "up").await;
 
