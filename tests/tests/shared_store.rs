@@ -409,6 +409,7 @@ async fn a_slow_store_does_not_slow_pinned_users() {
             assert_eq!(r.status, StatusCode::OK, "user {i} round {round}");
         }
     }
+    eprintln!("slowest pinned request with a {delay:?} store: {worst:?}");
     assert!(
         worst < Duration::from_millis(100),
         "a pinned request took {worst:?} (store delay {delay:?})"
