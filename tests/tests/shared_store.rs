@@ -225,6 +225,18 @@ async fn sessions_learned_through_a_are_honoured_by_b() {
     // Asked once per user: the answer is learned, later rounds are local.
     assert_eq!(s["lookups"]["hit"], 100, "{s:#}");
     assert_eq!(status(&b).await["sticky"]["sessions"], 101);
+    let mut m = HttpConn::connect(&target(b.admin_addr().unwrap()))
+        .await
+        .unwrap();
+    let metrics =
+        String::from_utf8_lossy(&m.get("/metrics", None).await.unwrap().body).into_owned();
+    for name in [
+        "lb_shared_store_up",
+        "lb_shared_store_lookups_total{result=\"hit\"}",
+        "lb_shared_store_writes_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
     // The users B served are not foreign to their nodes: only the control's misroutes are.
     let foreign: u64 = sim
         .nodes()
