@@ -76,7 +76,10 @@ pub async fn choose_shared(
             store.put_session(&shared::session_value(key), &snap.node(*pos).id, idle);
         }
     }
-    if let (Some(store), true) = (&state.shared, pins.unknown_session) {
+    if let (Some(store), true) = (
+        &state.shared,
+        pins.unknown_session && pins.learned.is_none(),
+    ) {
         if let Some(value) = first_session_value(snap, headers) {
             if let Lookup::Hit(id) = store.lookup(Kind::Session, value).await {
                 if let Some(pos) = snap.pos_of_id(&id) {
