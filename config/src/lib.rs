@@ -166,6 +166,8 @@ pub struct SharedStore {
     pub username: Option<String>,
     /// Read from `password_file` (trimmed).
     pub password: Option<String>,
+    /// PEM certificates from `ca_file`, trusted for `rediss://` instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
     pub key_prefix: String,
     pub lookup_timeout: Duration,
     pub connect_timeout: Duration,

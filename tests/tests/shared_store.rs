@@ -42,8 +42,12 @@ fn free_port() -> u16 {
 }
 
 impl Store {
+    /// A store with `extra` arguments; with `--tls-port P` (and `--port 0`) it serves TLS on P.
     async fn start(extra: &[&str]) -> Store {
-        let port = free_port();
+        let port = match extra.iter().position(|a| *a == "--tls-port") {
+            Some(i) => extra[i + 1].parse().unwrap(),
+            None => free_port(),
+        };
         let dir = std::env::temp_dir().join(format!("lb-store-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Store {
@@ -73,8 +77,12 @@ impl Store {
             .expect("redis-server installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + T;
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
         loop {
-            if let Ok(mut c) = TcpStream::connect(self.addr()).await {
+            if tls && TcpStream::connect(self.addr()).await.is_ok() {
+                return;
+            }
+            if let (false, Ok(mut c)) = (tls, TcpStream::connect(self.addr()).await) {
                 // An answer to PING (or the refusal of an unauthenticated one) means it serves.
                 c.write_all(b"PING\r\n").await.unwrap();
                 let mut buf = [0u8; 64];
@@ -581,4 +589,72 @@ async fn a_session_in_use_does_not_expire_in_the_store() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(store.cli(&["EXISTS", &key]), "0");
     lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_store_is_verified_against_ca_file() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("lb-store-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "store test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+
+    let tls_port = free_port();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let store = Store::start(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .await;
+    let sim = SimCluster::start(1, 0, SimOptions::default())
+        .await
+        .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let text = |more: &str| {
+        lb_tests::config_text(&sim.addrs(), &extra(store.addr(), more))
+            .replace(&format!("redis://{}", store.addr()), &url)
+    };
+    // Trusting the test CA: up, and a learned session is written over TLS.
+    let c = lb_config::Config::from_toml(&text("ca_file = \"ca.pem\"\n"), &dir).unwrap();
+    let lb = Server::start(c).await.expect("starts");
+    store_status_until(&lb, "up over TLS", |s| s["state"] == "up").await;
+    let mut u = User::new(lb.proxy_addr()).await;
+    assert_eq!(u.get("/hub").await.status, StatusCode::OK);
+    store_status_until(&lb, "a write over TLS", |s| s["writes"] == 1).await;
+    lb.shutdown().await;
+    // With the system's roots only, the store's certificate is refused: the balancer serves
+    // without it and says why.
+    let c = lb_config::Config::from_toml(&text(""), &dir).unwrap();
+    let lb = Server::start(c).await.expect("starts without the store");
+    let s = store_status_until(&lb, "an error", |s| s["last_error"].is_string()).await;
+    assert_eq!(s["state"], "down", "{s:#}");
+    let why = s["last_error"].as_str().unwrap().to_lowercase();
+    assert!(
+        why.contains("certificate") || why.contains("issuer"),
+        "{why}"
+    );
+    let mut u = User::new(lb.proxy_addr()).await;
+    assert_eq!(u.get("/hub").await.status, StatusCode::OK);
+    lb.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,6 +31,26 @@ impl Validator<'_> {
                 }
             }
         });
+        let ca_pem = f.ca_file.as_ref().and_then(|p| {
+            let p = self.base_dir.join(p);
+            if !tls {
+                self.err("sticky.shared.ca_file", "only for a rediss:// (TLS) url");
+            }
+            match read_small_file(&p, 1 << 20) {
+                Ok(b) if b.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(b),
+                Ok(_) => {
+                    self.err(
+                        "sticky.shared.ca_file",
+                        format!("{} holds no PEM certificate", p.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err("sticky.shared.ca_file", e);
+                    None
+                }
+            }
+        });
         if let Some(u) = &f.username {
             if u.is_empty() || u.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 self.err(
@@ -66,6 +86,7 @@ impl Validator<'_> {
             tls,
             username: f.username.clone(),
             password,
+            ca_pem,
             key_prefix: f.key_prefix.clone(),
             lookup_timeout: self.dur(
                 "sticky.shared.lookup_timeout",
@@ -251,6 +272,11 @@ mod tests {
         assert_eq!(paths(&e), ["sticky.shared.password_file"]);
         let e = with_store("url = \"redis://h:1\"\nusername = \"lb\"", &dir).unwrap_err();
         assert_eq!(paths(&e), ["sticky.shared.username"]);
+        let e = with_store("url = \"rediss://h:1\"\nca_file = \"pw\"", &dir).unwrap_err();
+        assert_eq!(paths(&e), ["sticky.shared.ca_file"]);
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let e = with_store("url = \"rediss://h:1\"\nca_file = \"nope.pem\"", &dir).unwrap_err();
+        assert_eq!(paths(&e), ["sticky.shared.ca_file"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -175,8 +175,18 @@ impl SharedStore {
         if let Some(p) = &cfg.password {
             settings = settings.set_password(p);
         }
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| StartError::Url(format!("{:?}: {e}", cfg.url)))?;
+        let info = info.set_redis_settings(settings);
+        let client = match &cfg.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| StartError::Url(format!("{:?}: {e}", cfg.url)))?;
         let (tx, rx) = mpsc::channel(cfg.write_queue);
         let m = Handles::new();
         m.up.set(0.0);
