@@ -658,3 +658,43 @@ async fn a_tls_store_is_verified_against_ca_file() {
     lb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_costs_nothing_and_full_queue_drops_are_counted() {
+    // Nothing listens there: the balancer starts, serves, and counts what it could not queue.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sim = SimCluster::start(2, 0, SimOptions::default())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let lb = start(
+        &sim.addrs(),
+        &extra(nowhere, "write_queue = 1\nwrite_batch = 1\n"),
+    )
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "start waited {:?}",
+        t0.elapsed()
+    );
+    for i in 0..5 {
+        let mut u = User::new(lb.proxy_addr()).await;
+        assert_eq!(u.get("/hub").await.status, StatusCode::OK, "user {i}");
+        // Back with only the Qlik session: served from the local table, no lookup.
+        let mut c = HttpConn::connect(&target(lb.proxy_addr())).await.unwrap();
+        let r = c.get("/qmc", Some(&without_route(&u.jar))).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "user {i} again");
+    }
+    let s = status(&lb).await["sticky"]["shared_store"].clone();
+    assert_eq!(s["state"], "down", "{s:#}");
+    assert!(s["last_error"].is_string(), "{s:#}");
+    // One write waits in the queue of one; the other four were dropped.
+    assert_eq!(s["queued_writes"], 1, "{s:#}");
+    assert_eq!(s["dropped_writes"]["queue_full"], 4, "{s:#}");
+    assert_eq!(s["lookups"]["hit"], 0);
+    assert_eq!(
+        s["lookups"]["unavailable"], 0,
+        "known sessions never ask: {s:#}"
+    );
+    lb.shutdown().await;
+}
