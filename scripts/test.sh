@@ -14,6 +14,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /bin/kill ] || need+=(procps)
 command -v rpmbuild >/dev/null || need+=(rpm)
 command -v objdump >/dev/null || need+=(binutils)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -244,6 +244,8 @@ pub struct StickyFile {
     pub same_site: SameSite,
     pub domain: Option<String>,
     pub ticket_lifetime: Dur,
+    /// `[sticky.shared]`: the store several balancers share what they learn through.
+    pub shared: Option<SharedStoreFile>,
 }
 
 /// `SameSite` of the route cookie.
@@ -279,6 +281,40 @@ impl Default for StickyFile {
             same_site: SameSite::Lax,
             domain: None,
             ticket_lifetime: secs(90),
+            shared: None,
+        }
+    }
+}
+
+/// `[sticky.shared]`: a Valkey/Redis store (off unless the section is present).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedStoreFile {
+    pub url: String,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub key_prefix: String,
+    pub lookup_timeout: Dur,
+    pub connect_timeout: Dur,
+    pub write_timeout: Dur,
+    pub write_batch: usize,
+    pub write_queue: usize,
+}
+
+impl Default for SharedStoreFile {
+    fn default() -> Self {
+        SharedStoreFile {
+            url: String::new(),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            key_prefix: "lb:".into(),
+            lookup_timeout: Dur(Duration::from_millis(5)),
+            connect_timeout: secs(1),
+            write_timeout: secs(1),
+            write_batch: 256,
+            write_queue: 65_536,
         }
     }
 }

@@ -181,6 +181,39 @@ pub struct Sticky {
     pub domain: Option<String>,
     /// How long a ticket made through the REST API listener pins its node.
     pub ticket_lifetime: Duration,
+    /// The shared store (`[sticky.shared]`); `None`: what this balancer learns stays local.
+    pub shared: Option<SharedStore>,
+}
+
+/// A checked `[sticky.shared]`: where the store is and how long to wait for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedStore {
+    /// `redis://` or `rediss://` (TLS) URL, without credentials.
+    pub url: String,
+    pub tls: bool,
+    pub username: Option<String>,
+    /// Read from `password_file` (trimmed).
+    pub password: Option<String>,
+    /// PEM certificates from `ca_file`, trusted for `rediss://` instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    pub key_prefix: String,
+    pub lookup_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub write_timeout: Duration,
+    pub write_batch: usize,
+    pub write_queue: usize,
+}
+
+impl fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]

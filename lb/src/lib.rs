@@ -133,6 +133,20 @@ pub fn summary(c: &Config) -> String {
             "random key per process"
         }
     );
+    if let Some(st) = &c.sticky.shared {
+        let _ = writeln!(
+            s,
+            "  shared store  {} (prefix {:?}{}, lookups within {})",
+            st.url,
+            st.key_prefix,
+            match (&st.username, &st.password) {
+                (Some(u), _) => format!(", user {u}"),
+                (None, Some(_)) => ", password".to_string(),
+                (None, None) => String::new(),
+            },
+            format_args!("{:?}", st.lookup_timeout)
+        );
+    }
     let _ = writeln!(s, "  nodes         {}", c.nodes.len());
     for n in &c.nodes {
         let _ = writeln!(

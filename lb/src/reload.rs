@@ -78,6 +78,9 @@ impl State {
         {
             tracing::warn!("sticky.route_key changed: it applies after a restart");
         }
+        if config.sticky.shared != old.config.sticky.shared {
+            tracing::warn!("sticky.shared changed: it applies after a restart");
+        }
         let tls = match crate::tls::load(&config) {
             Ok(t) => t,
             Err(e) => return Err(self.refuse(e.to_string())),
@@ -152,7 +155,7 @@ fn restart_settings_kept(old: &Config, new: &Config) -> Result<(), String> {
         Err(format!(
             "{}: this change needs a restart (the running configuration stays)",
             changed.join(", ")
-))
+        ))
     }
 }
 

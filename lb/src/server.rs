@@ -66,7 +66,11 @@ impl Server {
         let tls = crate::tls::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let module_tls = tls.module.clone();
         crate::tls::warn_insecure(&config);
-        let state = State::new(config, tls, path.clone());
+        let shared = match &config.sticky.shared {
+            Some(c) => Some(crate::sticky::SharedStore::new(c)?),
+            None => None,
+        };
+        let state = State::new(config, tls, path.clone(), shared);
         let config = state.snapshot.load().config.clone();
         state
             .telemetry
@@ -74,6 +78,9 @@ impl Server {
             .map_err(anyhow::Error::msg)?;
         let (proxy, proxy_addr) = bind_for(config.listener.address, "listener.address")?;
         let tasks = TaskTracker::new();
+        if let Some(store) = &state.shared {
+            store.start(&tasks, state.shutdown.clone()).await?;
+        }
 
         let module_addr = match &config.module {
             Some(module) => {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::drain::Drain;
 use crate::meter::Meters;
 use crate::snapshot::Snapshot;
-use crate::sticky::{RouteKey, StickyTable, Tickets};
+use crate::sticky::{RouteKey, SharedStore, StickyTable, Tickets};
 use crate::telemetry::{Telemetry, TelemetryRanking};
 use crate::upstream::{LoadRanking, NodeRegistry};
 
@@ -44,6 +44,8 @@ pub struct State {
     pub tickets: Tickets,
     /// Addresses the named listeners are bound to (`Config::listeners` order).
     pub named_bound: Mutex<Vec<SocketAddr>>,
+    /// The store shared with other balancers (`[sticky.shared]`), when configured.
+    pub shared: Option<Arc<SharedStore>>,
     pub route_key: RouteKey,
     /// Cancelled when the balancer stops accepting (shutdown begins).
     pub shutdown: CancellationToken,
@@ -120,6 +122,7 @@ impl State {
         config: Config,
         tls: crate::tls::Loaded,
         config_path: Option<PathBuf>,
+        shared: Option<Arc<SharedStore>>,
     ) -> Arc<State> {
         // The recorder first: metric handles made before it (the first snapshot's per-node
         // handles below) would record nowhere.
@@ -169,6 +172,7 @@ impl State {
             sticky,
             tickets: Tickets::new(1_000_000),
             named_bound: Mutex::new(Vec::new()),
+            shared,
             route_key,
             shutdown: CancellationToken::new(),
             tunnels_close: CancellationToken::new(),

@@ -889,3 +889,87 @@ fn packaged_default_config_passes_lb_check() {
     let err = check_relocated("deploy/packaging/lb.toml", &etc).unwrap_err();
     assert!(err.contains("sticky.route_key_file"), "{err}");
 }
+
+#[test]
+fn template_offers_a_shared_store_created_or_existing() {
+    let template = read(TEMPLATE);
+    // Created: Valkey across two zones with failover, TLS and encryption at rest, reachable
+    // from the balancers only; its TLS endpoint goes into every balancer's configuration.
+    let store = squash(resource(&template, "Store"));
+    for expected in [
+        "Type: AWS::ElastiCache::ReplicationGroup",
+        "Condition: CreateStore",
+        "Engine: valkey",
+        "NumCacheClusters: 2",
+        "AutomaticFailoverEnabled: true",
+        "MultiAZEnabled: true",
+        "TransitEncryptionEnabled: true",
+        "AtRestEncryptionEnabled: true",
+        "{{resolve:secretsmanager:${SharedStoreSecretArn}}}",
+    ] {
+        assert!(
+            store.contains(expected),
+            "Store lacks {expected:?}:\n{store}"
+        );
+    }
+    let sg = squash(resource(&template, "StoreSecurityGroup"));
+    assert!(
+        sg.contains("FromPort: 6379") && sg.contains("SourceSecurityGroupId: !Ref LbSecurityGroup"),
+        "{sg}"
+    );
+    assert!(
+        !sg.contains("CidrIp"),
+        "the store is open to addresses: {sg}"
+    );
+    let role = squash(resource(&template, "InstanceRole"));
+    assert!(
+        role.contains("!If [HasStoreSecret, !Ref SharedStoreSecretArn, !Ref AWS::NoValue]"),
+        "{role}"
+    );
+    let script = user_data_script(&template);
+    assert!(
+        script.contains("> /etc/lb/store.password"),
+        "the password is written to a file"
+    );
+    let user_data = squash(resource(&template, "LaunchTemplate"));
+    assert!(
+        user_data.contains(
+            "!Sub rediss://${Store.PrimaryEndPoint.Address}:${Store.PrimaryEndPoint.Port}"
+        ) && user_data.contains("!If [UseExistingStore, !Ref SharedStoreUrl, \"\"]"),
+        "the store URL reaches the user data"
+    );
+
+    // The generated configuration with a store passes lb check; without one it has none.
+    let (toml, _dir) = generated_config(
+        &[
+            ("AWS::StackName", "qlik-lb"),
+            ("NodeAddresses", "10.0.1.10,10.0.2.10"),
+            (
+                "StoreUrl",
+                "rediss://master.qlik-lb.abc123.euw1.cache.amazonaws.com:6379",
+            ),
+        ],
+        Secrets {
+            qlik_client_cert: false,
+            module_cert: false,
+        },
+    );
+    assert!(
+        toml.contains(
+            "[sticky.shared]\nurl = \"rediss://master.qlik-lb.abc123.euw1.cache.amazonaws.com:6379\""
+        ),
+        "{toml}"
+    );
+    let (toml, _dir) = generated_config(
+        &[
+            ("AWS::StackName", "qlik-lb"),
+            ("NodeAddresses", "10.0.1.10"),
+            ("StoreUrl", ""),
+        ],
+        Secrets {
+            qlik_client_cert: false,
+            module_cert: false,
+        },
+    );
+    assert!(!toml.contains("[sticky.shared]"), "{toml}");
+}

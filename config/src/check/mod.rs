@@ -11,6 +11,7 @@ mod module;
 mod nodes;
 mod ranking;
 mod server;
+mod shared;
 mod shutdown;
 mod sticky;
 mod telemetry;

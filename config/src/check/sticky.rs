@@ -26,6 +26,7 @@ impl Validator<'_> {
                 self.err("sticky.domain", format!("{d:?} is not a domain name"));
             }
         }
+        let shared = s.shared.as_ref().map(|f| self.shared_store(f));
         Sticky {
             session_cookies: s.session_cookies.clone(),
             session_cookie_prefixes: s.session_cookie_prefixes.clone(),
@@ -46,6 +47,7 @@ impl Validator<'_> {
                 Duration::from_secs(1),
                 DAY,
             ),
+            shared,
         }
     }
 

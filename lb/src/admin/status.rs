@@ -52,6 +52,7 @@ pub(super) fn status(state: &State, uptime_seconds: u64) -> Value {
         "sticky": {
             "sessions": state.sticky.len(),
             "evictions": state.sticky.evictions(),
+            "shared_store": state.shared.as_ref().map(|s| s.status()),
         },
         "nodes": nodes,
     })

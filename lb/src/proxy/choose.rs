@@ -11,6 +11,7 @@ use crate::clock;
 use crate::snapshot::{NodePos, Snapshot};
 use crate::state::State;
 use crate::status::ProxyError;
+use crate::sticky::shared::{self, Kind, Lookup};
 use crate::sticky::table::SessionKey;
 use crate::sticky::{cookie, route, Decision};
 use crate::upstream::{AdminState, NodeIdx};
@@ -20,6 +21,8 @@ pub struct Pins {
     /// A learned session: the position of its node (None if no longer configured) and its key.
     pub learned: Option<(Option<NodePos>, SessionKey)>,
     pub route: RoutePin,
+    /// A session cookie was present that the table does not know (the shared store may).
+    pub unknown_session: bool,
 }
 
 /// What the route cookie says.
@@ -62,8 +65,65 @@ impl Choice {
 
 /// Chooses the node of a request, or [`ProxyError::NoNode`].
 pub fn choose(state: &State, snap: &Snapshot, headers: &HeaderMap) -> Result<Choice, ProxyError> {
+    decide(state, snap, read_pins(snap, state, headers), headers)
+}
+
+/// [`choose`] with a shared store: a session cookie unknown here is looked up there first
+/// (once, within `lookup_timeout`) and a hit is learned into the table. A request whose pin is
+/// known locally, or without a session cookie, never waits for the store.
+pub async fn choose_shared(
+    state: &State,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+) -> Result<Choice, ProxyError> {
+    let mut pins = read_pins(snap, state, headers);
+    if let (Some(store), Some((Some(pos), key))) = (&state.shared, &pins.learned) {
+        // A session in use here: its store entry is written again every half idle timeout,
+        // in the background, so that it does not expire there while it lives here.
+        let idle = snap.config.sticky.session_idle_timeout;
+        if state
+            .sticky
+            .store_refresh_due(key, (idle.as_secs() / 2) as u32)
+        {
+            store.put_session(&shared::session_value(key), &snap.node(*pos).id, idle);
+        }
+    }
+    if let (Some(store), true) = (
+        &state.shared,
+        pins.unknown_session && pins.learned.is_none(),
+    ) {
+        if let Some(value) = first_session_value(snap, headers) {
+            if let Lookup::Hit(id) = store.lookup(Kind::Session, value).await {
+                if let Some(pos) = snap.pos_of_id(&id) {
+                    let key = SessionKey::from_value(value);
+                    state
+                        .sticky
+                        .learn_key(key.clone(), snap.node(pos).state.idx.0);
+                    pins.learned = Some((Some(pos), key));
+                }
+            }
+        }
+    }
+    decide(state, snap, pins, headers)
+}
+
+/// The value of the first session cookie of a request.
+fn first_session_value<'h>(snap: &Snapshot, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    headers.get_all(header::COOKIE).iter().find_map(|v| {
+        cookie::pairs(v.as_bytes()).find_map(|(name, value)| {
+            (*name != *snap.route_cookie && !value.is_empty() && snap.session_names.matches(name))
+                .then_some(value)
+        })
+    })
+}
+
+fn decide(
+    state: &State,
+    snap: &Snapshot,
+    pins: Pins,
+    headers: &HeaderMap,
+) -> Result<Choice, ProxyError> {
     let now = clock::now_ms();
-    let pins = read_pins(snap, state, headers);
     let mut had_pin = false;
     let mut chosen: Option<(NodePos, Decision)> = None;
     if let Some((pos, _)) = &pins.learned {
@@ -129,6 +189,7 @@ fn read_pins(snap: &Snapshot, state: &State, headers: &HeaderMap) -> Pins {
     let mut pins = Pins {
         learned: None,
         route: RoutePin::Absent,
+        unknown_session: false,
     };
     for v in headers.get_all(header::COOKIE) {
         for (name, value) in cookie::pairs(v.as_bytes()) {
@@ -143,6 +204,8 @@ fn read_pins(snap: &Snapshot, state: &State, headers: &HeaderMap) -> Pins {
                 let key = SessionKey::from_value(value);
                 if let Some(idx) = state.sticky.lookup_key(&key) {
                     pins.learned = Some((snap.pos_of_idx(NodeIdx(idx)), key));
+                } else {
+                    pins.unknown_session = true;
                 }
             }
         }
@@ -205,5 +268,9 @@ pub fn redispatched(state: &State, snap: &Snapshot, pos: NodePos, pins: &Pins) {
     n.state.redispatches_total.fetch_add(1, Ordering::Relaxed);
     if let Some((_, key)) = &pins.learned {
         state.sticky.learn_key(key.clone(), n.state.idx.0);
+        if let Some(store) = &state.shared {
+            let idle = snap.config.sticky.session_idle_timeout;
+            store.put_session(&shared::session_value(key), &n.id, idle);
+        }
     }
 }

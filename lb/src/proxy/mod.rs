@@ -132,7 +132,11 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<(Response<RespBody>, NodePos, Decision), Failed> {
     let admitted = admit::admit(snap, &req)?;
-    let mut choice = choose::choose(state, snap, req.headers())?;
+    let mut choice = if state.shared.is_some() {
+        choose::choose_shared(state, snap, req.headers()).await?
+    } else {
+        choose::choose(state, snap, req.headers())?
+    };
     let role = snap.config.listener_at(conn.listener).role;
     let rest_learn = match role {
         ListenerRole::Users => {

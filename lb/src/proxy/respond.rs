@@ -16,6 +16,7 @@ use super::{headers, tunnel, ConnInfo, RespBody};
 use crate::snapshot::{Node, Snapshot};
 use crate::state::State;
 use crate::sticky::cookie;
+use crate::sticky::shared::{self, Kind};
 
 /// Turns the node's answer into the client's.
 pub fn respond(
@@ -86,10 +87,18 @@ fn learn(state: &State, snap: &Snapshot, node: &Node, headers: &HeaderMap, choic
             // session cookie of the request stays pinned).
             if let Some(value) = choice.request_cookie(c.name).filter(|v| !v.is_empty()) {
                 state.sticky.forget(value);
+                if let Some(store) = &state.shared {
+                    let key = crate::sticky::table::SessionKey::from_value(value);
+                    store.forget(Kind::Session, &shared::session_value(&key));
+                }
             }
         } else {
             state.sticky.learn(c.value, node.state.idx.0);
             state.metrics_handles.learned_total.increment(1);
+            if let Some(store) = &state.shared {
+                let idle = snap.config.sticky.session_idle_timeout;
+                store.put_session(c.value, &node.id, idle);
+            }
         }
     }
 }

@@ -6,11 +6,13 @@
 
 pub mod cookie;
 pub mod route;
+pub mod shared;
 pub mod table;
 pub mod tickets;
 
 pub use cookie::SessionCookieNames;
 pub use route::RouteKey;
+pub use shared::SharedStore;
 pub use table::StickyTable;
 pub use tickets::Tickets;
 

@@ -54,6 +54,9 @@ fn parse_guid(v: &[u8]) -> Option<u128> {
 struct Entry {
     node: u32,
     last_seen: AtomicU32,
+    /// When the entry was last written to the shared store (learned, or refreshed there). Fits
+    /// in the padding of the map's slot: a GUID key aligns it to 16 bytes.
+    stored: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -109,11 +112,30 @@ impl StickyTable {
     }
 
     pub fn learn_key(&self, key: SessionKey, node: u32) -> Option<u32> {
+        let now = clock::now_secs();
         let e = Entry {
             node,
-            last_seen: AtomicU32::new(clock::now_secs()),
+            last_seen: AtomicU32::new(now),
+            stored: AtomicU32::new(now),
         };
         self.map.insert(key, e).map(|old| old.node)
+    }
+
+    /// True (once) when the entry was last written to the shared store more than `every`
+    /// seconds ago: the caller writes it again, so that the store's TTL follows use here.
+    pub fn store_refresh_due(&self, key: &SessionKey, every: u32) -> bool {
+        self.store_refresh_due_at(key, every, clock::now_secs())
+    }
+
+    fn store_refresh_due_at(&self, key: &SessionKey, every: u32, now: u32) -> bool {
+        let Some(e) = self.map.get(key) else {
+            return false;
+        };
+        let stored = e.stored.load(Ordering::Relaxed);
+        now.saturating_sub(stored) > every
+            && e.stored
+                .compare_exchange(stored, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Forgets a session (the node removed its cookie). Returns its node.
@@ -293,6 +315,23 @@ mod tests {
                 "new{i} evicted"
             );
         }
+    }
+
+    #[test]
+    fn store_refresh_is_due_once_per_period() {
+        let t = StickyTable::new(100, 60);
+        t.learn(b"s", 1);
+        let k = SessionKey::from_value(b"s");
+        let now = clock::now_secs();
+        assert!(!t.store_refresh_due_at(&k, 10, now), "just learned");
+        assert!(!t.store_refresh_due_at(&k, 10, now + 10));
+        assert!(t.store_refresh_due_at(&k, 10, now + 11));
+        assert!(
+            !t.store_refresh_due_at(&k, 10, now + 12),
+            "due once a period"
+        );
+        assert!(t.store_refresh_due_at(&k, 10, now + 22));
+        assert!(!t.store_refresh_due_at(&SessionKey::from_value(b"x"), 10, now + 99));
     }
 
     #[test]

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The shared store's cost, in one run on this machine (loopback only, bounded in time):
+#   1. new-session churn (a new connection and a new Qlik session per request) through one
+#      balancer without a store;
+#   2. the same churn through two balancers at once that share a redis-server store (every new
+#      session is a background write);
+#   3. pinned keep-alive users through a store balancer and through the one without: the
+#      store's lookup and write counters before and after show that a known pin makes no store
+#      call.
+# Usage: bash benches/shared.sh [SECONDS] (default 10). Needs redis-server (Debian:
+# redis-server). LB_BIN / LB_BENCH_BIN name prebuilt binaries; otherwise release builds.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SECS="${1:-10}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -z "${LB_BIN:-}" ] || [ -z "${LB_BENCH_BIN:-}" ]; then
+    (cd "$ROOT" && cargo build --release --locked -p lb -p lb-bench)
+fi
+LB="${LB_BIN:-$CARGO_TARGET_DIR/release/lb}"
+LBB="${LB_BENCH_BIN:-$CARGO_TARGET_DIR/release/lb-bench}"
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port pid
+    for _ in $(seq 1 150); do
+        port_open "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+# Ports of this run, away from the examples' (which a demo may be using): balancers A, B and C
+# on 28100, 28110, 28120 (admin +1), nodes on 29200-29202, the store on 26379.
+for p in 28100 28101 28110 28111 28120 28121 29200 29201 29202 26379; do
+    if port_open "$p"; then echo "127.0.0.1:$p is in use" >&2; exit 1; fi
+done
+
+OUT="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+redis-server --port 26379 --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" \
+    >"$OUT/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port 26379 "${PIDS[-1]}" || { echo "redis-server did not start" >&2; exit 1; }
+"$LBB" sim --nodes 3 --base-port 29200 --threads 1 >"$OUT/sim.log" 2>&1 &
+PIDS+=($!)
+for p in 29200 29201 29202; do wait_port "$p" "${PIDS[-1]}" || exit 1; done
+
+# The examples, on this run's ports (and without the module listener).
+cp "$ROOT/deploy/examples/shared-route.key" "$OUT/"
+for side in a b; do
+    sed -e 's/127.0.0.1:6379/127.0.0.1:26379/' -e '/^\[module\]/,/^$/d' \
+        -e 's/127.0.0.1:180\([01]\)\([0-9]\)/127.0.0.1:281\1\2/' -e 's/127.0.0.1:191\(0[0-2]\)/127.0.0.1:292\1/' \
+        "$ROOT/deploy/examples/shared-$side.toml" >"$OUT/$side.toml"
+done
+# C: balancer A's configuration on 18020/18021 without [sticky.shared].
+sed -e 's/127.0.0.1:28100/127.0.0.1:28120/' -e 's/127.0.0.1:28101/127.0.0.1:28121/' \
+    -e '/^\[sticky.shared\]/,/^$/d' "$OUT/a.toml" >"$OUT/c.toml"
+for side in a b c; do
+    "$LB" run --config "$OUT/$side.toml" >"$OUT/lb-$side.log" 2>&1 &
+    PIDS+=($!)
+done
+wait_port 28100 "${PIDS[-3]}" && wait_port 28110 "${PIDS[-2]}" && wait_port 28120 "${PIDS[-1]}" \
+    || { echo "a balancer did not start; see $OUT" >&2; exit 1; }
+
+store() { # admin port -> the store's figures at that balancer
+    curl -s "http://127.0.0.1:$1/status" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["sticky"]["shared_store"]
+l, d = s["lookups"], s["dropped_writes"]
+print("state %s, lookups hit/miss/unavailable %d/%d/%d, writes %d, dropped %d" % (
+    s["state"], l["hit"], l["miss"], l["unavailable"], s["writes"],
+    d["queue_full"] + d["store_error"]))'
+}
+rate() {
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["http_latency"]
+print("%9.0f req/s  errors %d  p50 %d us  p99 %d us" % (
+    r["requests_per_sec"], r["errors"], l["p50_us"], l["p99_us"]))' "$1"
+}
+churn() { # port json
+    "$LBB" churn --url "http://127.0.0.1:$1" --duration-secs "$SECS" --connections 32 \
+        --json "$2" >/dev/null
+}
+
+echo "== new-session churn, ${SECS}s each"
+churn 28120 "$OUT/churn-c.json"
+echo "one balancer, no store:        $(rate "$OUT/churn-c.json")"
+churn 28100 "$OUT/churn-a.json" & ca=$!
+churn 28110 "$OUT/churn-b.json" & cb=$!
+wait "$ca" "$cb"
+echo "two balancers with the store:  A $(rate "$OUT/churn-a.json")"
+echo "                               B $(rate "$OUT/churn-b.json")"
+sleep 1
+echo "store at A: $(store 28101)"
+echo "store at B: $(store 28111)"
+echo "keys in the store: $(redis-cli -p 26379 DBSIZE)"
+
+echo "== pinned keep-alive users, ${SECS}s each"
+before="$(store 28101)"
+"$LBB" http --url http://127.0.0.1:28100 --duration-secs "$SECS" --connections 32 \
+    --json "$OUT/http-a.json" >/dev/null
+after="$(store 28101)"
+"$LBB" http --url http://127.0.0.1:28120 --duration-secs "$SECS" --connections 32 \
+    --json "$OUT/http-c.json" >/dev/null
+echo "with the store (A):  $(rate "$OUT/http-a.json")"
+echo "without (C):         $(rate "$OUT/http-c.json")"
+echo "store at A before:   $before"
+echo "store at A after:    $after"
