@@ -36,9 +36,11 @@ pub fn respond(
                 state,
                 snap,
                 node,
-                client_upgrade,
-                node_upgrade,
-                upgrade_handle,
+                tunnel::Upgrade {
+                    client: client_upgrade,
+                    node: node_upgrade,
+                    node_conn: upgrade_handle,
+                },
                 // The client connection stays counted in the limits while its tunnel lives.
                 conn.clone(),
                 choice.pins.learned.as_ref().map(|(_, key)| key.clone()),

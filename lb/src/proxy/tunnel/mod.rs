@@ -59,18 +59,30 @@ impl End {
 
 pub use crate::meter::Counts;
 
+/// Both sides of a protocol switch: the client's and the node's pending upgrades, and the node
+/// connection's handle, kept until the upgrade completes.
+pub(crate) struct Upgrade {
+    pub client: OnUpgrade,
+    pub node: OnUpgrade,
+    pub node_conn: Option<SendRequest<UpBody>>,
+}
+
 /// Runs the tunnel of an upgraded request once both sides have switched protocols, in the
-/// tracker that shutdown drains.
+/// tracker that shutdown drains. `keep` lives as long as the tunnel (the client connection's
+/// place in the limits); `session` is refreshed in the sticky table while bytes move.
 pub(crate) fn spawn(
     state: &Arc<State>,
     snap: &Snapshot,
     node: &Node,
-    client: OnUpgrade,
-    node_upgrade: OnUpgrade,
-    node_conn: Option<SendRequest<UpBody>>,
+    upgrade: Upgrade,
     keep: impl Send + Sync + 'static,
     session: Option<SessionKey>,
 ) {
+    let Upgrade {
+        client,
+        node: node_upgrade,
+        node_conn,
+    } = upgrade;
     let node_state = node.state.clone();
     let idle = snap.config.websocket.idle_timeout;
     let stall = write_stall_bound(idle, snap.config.listener.send_timeout);
