@@ -7,9 +7,11 @@
 //! - [`report`]: latency summaries, stickiness accounting and the JSON result.
 //! - [`placement`]: the engine placement simulator (`lb-bench placement`).
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
+//! - [`soak`]: the soak scenario (`lb-bench soak`): users, a fault script, invariants.
 
 pub mod client;
 pub mod placement;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub use lb_sim as sim;
