@@ -443,7 +443,11 @@ pub fn config(
     nodes: &[SocketAddr],
     variant: usize,
 ) -> String {
-    let interval = if variant.is_multiple_of(2) { "300ms" } else { "400ms" };
+    let interval = if variant.is_multiple_of(2) {
+        "300ms"
+    } else {
+        "400ms"
+    };
     let mut s = format!(
         "[server]\naccess_log = false\n[listener]\naddress = \"{proxy}\"\n\
          [admin]\naddress = \"{admin}\"\n[health]\ninterval = \"{interval}\"\nrise = 1\nfall = 2\n\
