@@ -9,6 +9,7 @@
 //! - [`placement`]: the engine placement simulator (`lb-bench placement`).
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
 //! - [`signin`]: the demo's Windows sign-in phase through the balancer.
+//! - [`soak`]: the soak scenario (`lb-bench soak`): users, a fault script, invariants.
 
 pub mod client;
 pub mod placement;
@@ -16,4 +17,5 @@ pub mod report;
 pub mod scenario;
 pub mod signin;
 pub mod tls;
+pub mod soak;
 pub use lb_sim as sim;

@@ -378,3 +378,59 @@ async fn a_client_that_never_reads_a_download_is_cut_after_send_timeout() {
     assert_eq!(node_failures(&lb, 1), vec![0]);
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_an_upload_still_times_out() {
+    watch_panics();
+    // Reads the head, then neither the body nor answers.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            held.push(s);
+        }
+    });
+    let lb = start_lb(
+        &[node],
+        &format!("{QUIET}[upstream]\nresponse_timeout = \"1s\"\n[health]\nenabled = false\n"),
+    )
+    .await;
+    let s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    tokio::spawn(async move {
+        let _ = w
+            .write_all(b"POST /up HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 100000000\r\n\r\n")
+            .await;
+        let chunk = vec![b'q'; 64 * 1024];
+        for _ in 0..1500 {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, r.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(
+        status_of(&buf[..n]),
+        504,
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        node_failures(&lb, 1),
+        vec![1],
+        "the node's own failure counts"
+    );
+}

@@ -143,6 +143,29 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         message_size: usize,
     },
+    /// Soak: mixed users against the balancer (a child process on loopback) while a fault
+    /// script reloads it, kills and restarts a node, drains one and sends bad clients; the
+    /// invariants are checked throughout. Exits non-zero when one breaks.
+    Soak {
+        /// The balancer executable (default: `lb` next to this executable).
+        #[arg(long)]
+        lb_bin: Option<PathBuf>,
+        /// Users.
+        #[arg(long, default_value_t = 30)]
+        users: usize,
+        /// How long the soak runs.
+        #[arg(long, default_value_t = 60.0)]
+        duration_secs: f64,
+        /// Seconds between two faults.
+        #[arg(long, default_value_t = 3.0)]
+        fault_every_secs: f64,
+        /// Load generator worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Engine placement simulator: policies compared over a simulated Qlik day (no network).
     Placement {
         /// Seed of the workload and of the random policies.
@@ -362,6 +385,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Soak {
+            lb_bin,
+            users,
+            duration_secs,
+            fault_every_secs,
+            threads,
+            json,
+        } => {
+            scenario::raise_nofile();
+            let lb_bin = match lb_bin {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("lb"),
+            };
+            let opts = lb_bench::soak::SoakOpts {
+                duration: Duration::from_secs_f64(duration_secs.max(1.0)),
+                users: users.max(1),
+                fault_every: Duration::from_secs_f64(fault_every_secs.max(0.5)),
+            };
+            return runtime(threads.max(1))?.block_on(soak(lb_bin, opts, json));
         }
         Cmd::Demo {
             lb_bin,
@@ -628,6 +671,85 @@ fn log_tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// `lb-bench soak`: three simulated nodes, the balancer as a child process watching its
+/// configuration file, the soak scenario.
+async fn soak(
+    lb_bin: PathBuf,
+    opts: lb_bench::soak::SoakOpts,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use lb_bench::soak;
+    if !lb_bin.exists() {
+        bail!(
+            "balancer executable {} not found (build it with `cargo build --release -p lb`, or pass --lb-bin)",
+            lb_bin.display()
+        );
+    }
+    let cluster = SimCluster::start(3, 0, SimOptions::default())
+        .await
+        .context("starting simulated nodes")?;
+    let free = || -> anyhow::Result<SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let (proxy, admin) = (free()?, free()?);
+    let configs = [0, 1].map(|v| soak::config(proxy, admin, &cluster.addrs(), v));
+    let dir = std::env::temp_dir().join(format!("lb-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("lb.toml");
+    std::fs::write(&config_path, &configs[0])?;
+    let log_path = dir.join("lb.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(&lb_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", lb_bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(proxy).await.is_err() {
+        if child.try_wait()?.is_some() || Instant::now() >= deadline {
+            stop_child(&mut child);
+            bail!("the balancer did not start\n{}", log_tail(&log_path));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "soak: {} users for {:.0} s, a fault every {:.1} s; balancer pid {} on {proxy} (admin {admin}, log {})",
+        opts.users,
+        opts.duration.as_secs_f64(),
+        opts.fault_every.as_secs_f64(),
+        child.id(),
+        log_path.display()
+    );
+    let target = soak::SoakTarget {
+        proxy,
+        admin,
+        config_path,
+        configs,
+        pid: child.id(),
+        node_ids: vec!["qps1".into(), "qps2".into(), "qps3".into()],
+    };
+    let result = soak::run(&cluster, &target, &opts).await;
+    stop_child(&mut child);
+    cluster.stop_all().await;
+    let report = result?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(p) = json {
+        std::fs::write(&p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let ok = report.ok();
+    println!("soak {}", if ok { "PASSED" } else { "FAILED" });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn demo(d: DemoOpts, opts: ScenarioOpts) -> anyhow::Result<ExitCode> {

@@ -157,6 +157,8 @@ async fn answer_within<F: std::future::Future>(
             return Err(());
         }
         wait = match body_end.completed_at_ms() {
+            // The node stopped taking the body and did not answer: its own timeout.
+            None if body_end.stalled_by_node(timeout.as_millis() as u64) => return Err(()),
             // Still sending: wait on (the body's own timeout bounds the client).
             None => timeout,
             Some(0) => return Err(()),

@@ -9,7 +9,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,6 +46,11 @@ struct Progress {
     state: AtomicU8,
     /// Clock milliseconds when the body ended (for `COMPLETE`).
     done_ms: AtomicU64,
+    /// Clock milliseconds of the last bytes read from the client (or of the start).
+    data_ms: AtomicU64,
+    /// The last read found nothing yet: the body waits on the client (else on the node, which
+    /// has not taken the last bytes).
+    awaiting_client: AtomicBool,
 }
 
 /// Where a request body is: shared by the body and whoever sent it. A request without a body
@@ -72,6 +77,20 @@ impl BodyEnd {
         }
     }
 
+    /// The body has not moved for `window_ms` because the node is not taking it (not because
+    /// the client is not sending it): the node's fault.
+    pub fn stalled_by_node(&self, window_ms: u64) -> bool {
+        match &self.0 {
+            None => false,
+            Some(p) => {
+                p.state.load(Ordering::Acquire) == SENDING
+                    && !p.awaiting_client.load(Ordering::Relaxed)
+                    && clock::now_ms().saturating_sub(p.data_ms.load(Ordering::Relaxed))
+                        >= window_ms
+            }
+        }
+    }
+
     /// The body failed through the client's fault.
     pub fn client_fault(&self) -> Option<ClientFault> {
         match self.0.as_ref()?.state.load(Ordering::Acquire) {
@@ -79,6 +98,16 @@ impl BodyEnd {
             TIMED_OUT => Some(ClientFault::TimedOut),
             TOO_LARGE => Some(ClientFault::TooLarge),
             _ => None,
+        }
+    }
+
+    /// A read of the body: bytes came (`waiting` false), or it now waits on the client.
+    fn moved(&self, waiting: bool) {
+        if let Some(p) = &self.0 {
+            if !waiting {
+                p.data_ms.store(clock::now_ms(), Ordering::Relaxed);
+            }
+            p.awaiting_client.store(waiting, Ordering::Relaxed);
         }
     }
 
@@ -127,6 +156,8 @@ impl UpBody {
             end: BodyEnd(Some(Arc::new(Progress {
                 state: AtomicU8::new(SENDING),
                 done_ms: AtomicU64::new(0),
+                data_ms: AtomicU64::new(clock::now_ms()),
+                awaiting_client: AtomicBool::new(false),
             }))),
             idle,
         }
@@ -158,6 +189,7 @@ impl Body for UpBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
+                this.end.moved(false);
                 if this.inner.is_end_stream() {
                     this.end.set(COMPLETE);
                     this.idle = None;
@@ -182,6 +214,7 @@ impl Body for UpBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
+                this.end.moved(true);
                 if let Some((_, sleep)) = &mut this.idle {
                     if sleep.as_mut().poll(cx).is_ready() {
                         this.end.set(TIMED_OUT);
