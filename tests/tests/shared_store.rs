@@ -719,7 +719,7 @@ fn the_two_examples_share_key_nodes_and_store() {
     let ids = |c: &lb_config::Config| {
         c.nodes
             .iter()
-            .map(|n| (n.id.clone(), n.address.clone()))
+            .map(|n| (n.id.clone(), n.address))
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&a), ids(&b));
