@@ -103,14 +103,20 @@ echo "store at A: $(store 28101)"
 echo "store at B: $(store 28111)"
 echo "keys in the store: $(redis-cli -p 26379 DBSIZE)"
 
-echo "== pinned keep-alive users, ${SECS}s each"
+echo "== pinned keep-alive users, ${SECS}s each, in the order A C C A (a noisy machine)"
+pinned() { # port json
+    "$LBB" http --url "http://127.0.0.1:$1" --duration-secs "$SECS" --connections 32 \
+        --json "$2" >/dev/null
+}
 before="$(store 28101)"
-"$LBB" http --url http://127.0.0.1:28100 --duration-secs "$SECS" --connections 32 \
-    --json "$OUT/http-a.json" >/dev/null
+pinned 28100 "$OUT/http-a1.json"
+pinned 28120 "$OUT/http-c1.json"
+pinned 28120 "$OUT/http-c2.json"
+pinned 28100 "$OUT/http-a2.json"
 after="$(store 28101)"
-"$LBB" http --url http://127.0.0.1:28120 --duration-secs "$SECS" --connections 32 \
-    --json "$OUT/http-c.json" >/dev/null
-echo "with the store (A):  $(rate "$OUT/http-a.json")"
-echo "without (C):         $(rate "$OUT/http-c.json")"
+echo "with the store (A):  $(rate "$OUT/http-a1.json")"
+echo "                     $(rate "$OUT/http-a2.json")"
+echo "without (C):         $(rate "$OUT/http-c1.json")"
+echo "                     $(rate "$OUT/http-c2.json")"
 echo "store at A before:   $before"
-echo "store at A after:    $after"
+echo "store at A after:    $after  (writes: the 64 new users' first requests)"

@@ -698,3 +698,33 @@ async fn an_unreachable_store_costs_nothing_and_full_queue_drops_are_counted() {
     );
     lb.shutdown().await;
 }
+
+#[test]
+fn the_two_examples_share_key_nodes_and_store() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let load = |side: &str| {
+        lb::check_config(&root.join(format!("deploy/examples/shared-{side}.toml")))
+            .unwrap_or_else(|e| panic!("shared-{side}.toml: {e}"))
+    };
+    let (a, b) = (load("a"), load("b"));
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(a.listener.address, addr("127.0.0.1:18000"));
+    assert_eq!(b.listener.address, addr("127.0.0.1:18010"));
+    assert_eq!(a.admin.as_ref().unwrap().address, addr("127.0.0.1:18001"));
+    assert_eq!(b.admin.as_ref().unwrap().address, addr("127.0.0.1:18011"));
+    assert_eq!(a.module.as_ref().unwrap().address, addr("127.0.0.1:18002"));
+    assert_eq!(b.module.as_ref().unwrap().address, addr("127.0.0.1:18012"));
+    assert!(a.sticky.route_key.is_some());
+    assert_eq!(a.sticky.route_key, b.sticky.route_key);
+    let ids = |c: &lb_config::Config| {
+        c.nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.address))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(a.nodes.len(), 3);
+    let (sa, sb) = (a.sticky.shared.unwrap(), b.sticky.shared.unwrap());
+    assert_eq!(sa.url, "redis://127.0.0.1:6379");
+    assert_eq!((sa.url, sa.key_prefix), (sb.url, sb.key_prefix));
+}
