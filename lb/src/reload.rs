@@ -52,6 +52,7 @@ impl State {
         {
             tracing::warn!("sticky.route_key changed: it applies after a restart");
         }
+        crate::logging::warn_restart_only(&old.config.server, &config.server);
         let tls = match crate::tls::load(&config) {
             Ok(t) => t,
             Err(e) => return Err(self.refuse(e.to_string())),

@@ -15,12 +15,13 @@ pub struct Served {
     pub decision: Option<Decision>,
 }
 
-/// Records one finished request.
+/// Records one finished request; `logged` (method and path) is there when the access log is
+/// on. The line is formatted here and queued for the log writer thread (see
+/// [`crate::logging`]): it never waits for the write.
 pub fn record(
     snap: &Snapshot,
     conn: &ConnInfo,
-    method: &Method,
-    path: &str,
+    logged: Option<(&Method, &str)>,
     status: StatusCode,
     served: Served,
     elapsed: Duration,
@@ -37,7 +38,7 @@ pub fn record(
         }
         None => snap.no_node[class].increment(1),
     }
-    if snap.config.server.access_log {
+    if let Some((method, path)) = logged {
         tracing::info!(
             target: "lb::access",
             client = %conn.peer,
