@@ -142,6 +142,7 @@ pub async fn run(scenario: Scenario, opts: &ScenarioOpts) -> anyhow::Result<Repo
     report.rss_before_kb = extra.rss_before_kb;
     report.rss_open_kb = extra.rss_open_kb;
     report.rss_per_tunnel_kb = extra.rss_per_tunnel_kb;
+    report.rss_closed_kb = extra.rss_closed_kb;
     Ok(report)
 }
 
@@ -520,6 +521,9 @@ async fn ws_echo(target: &Arc<Target>, rec: &Arc<Recorder>, opts: &ScenarioOpts)
     join_all(set, rec).await;
 }
 
+/// How long after the last idle WebSocket closed ws-idle reads the balancer's memory again.
+pub const RSS_SETTLE: Duration = Duration::from_secs(5);
+
 async fn ws_idle(
     target: &Arc<Target>,
     rec: &Arc<Recorder>,
@@ -591,6 +595,11 @@ async fn ws_idle(
         });
     }
     join_all(set, rec).await;
+    if let Some(pid) = opts.pid {
+        // Does the memory of the burst go back? Read it a few seconds after the last close.
+        tokio::time::sleep(RSS_SETTLE).await;
+        extra.rss_closed_kb = rss_tree_kb(pid);
+    }
     Ok(extra)
 }
 
