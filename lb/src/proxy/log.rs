@@ -38,15 +38,33 @@ pub fn record(
         }
         None => snap.no_node[class].increment(1),
     }
-    if let Some((method, path)) = logged {
+    let Some((method, path)) = logged else {
+        return;
+    };
+    if !tracing::enabled!(target: "lb::access", tracing::Level::INFO) {
+        return;
+    }
+    let node = served.node.map_or("-", |p| &snap.node(p).id);
+    let sticky = served.decision.map_or("-", Decision::as_str);
+    let line = crate::logging::AccessLine {
+        client: conn.peer,
+        client_ip: conn.peer_ip.to_str().unwrap_or("-"),
+        method: method.as_str(),
+        path,
+        status: status.as_u16(),
+        node,
+        sticky,
+        micros: elapsed.as_micros() as u64,
+    };
+    if !crate::logging::access(&line) {
         tracing::info!(
             target: "lb::access",
             client = %conn.peer,
             method = %method,
             path = path,
             status = status.as_u16(),
-            node = served.node.map_or("-", |p| &snap.node(p).id),
-            sticky = served.decision.map_or("-", Decision::as_str),
+            node = node,
+            sticky = sticky,
             ms = elapsed.as_secs_f64() * 1000.0,
         );
     }
