@@ -110,6 +110,9 @@ impl State {
         tls: crate::tls::Loaded,
         config_path: Option<PathBuf>,
     ) -> Arc<State> {
+        // First: metric handles made before the recorder is installed count nowhere (the first
+        // snapshot's per-node handles are made below).
+        let metrics = prometheus();
         let route_key = match &config.sticky.route_key {
             Some(k) => RouteKey::new(k),
             None => {
@@ -149,7 +152,7 @@ impl State {
             reload_status: ArcSwap::from_pointee(reload_status),
             reload_lock: Mutex::new(()),
             config_path,
-            metrics: prometheus(),
+            metrics,
             bound: Mutex::new([None; 3]),
             registry,
             sticky,
