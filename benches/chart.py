@@ -11,6 +11,7 @@ from xml.sax.saxutils import escape
 
 COLORS = {
     "ours": "#1f77b4",
+    "ours-nolog": "#9ecae1",
     "haproxy": "#ff7f0e",
     "nginx": "#2ca02c",
     "haproxy-stick": "#d62728",
@@ -29,6 +30,12 @@ def fmt(v):
     if abs(v) >= 10:
         return f"{v:.0f}"
     return f"{v:.2f}"
+
+
+def group_label(t):
+    if t == 0:
+        return "lb default (1 per core)"
+    return f"{t} thread{'s' if t != 1 else ''}"
 
 
 def panel(x0, y0, metric, summary):
@@ -67,7 +74,7 @@ def panel(x0, y0, metric, summary):
             out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{plot_bottom - h - 4:.1f}" '
                        f'font-size="10" text-anchor="middle">{fmt(v)}</text>')
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{plot_bottom + 18}" font-size="12" '
-                   f'text-anchor="middle">{t} thread{"s" if t != 1 else ""}</text>')
+                   f'text-anchor="middle">{group_label(t)}</text>')
     return out
 
 
@@ -96,7 +103,7 @@ def main():
     ]
     lx = width - MARGIN
     for b in reversed(summary["balancers"]):
-        label = "lb (ours)" if b == "ours" else b
+        label = {"ours": "lb defaults", "ours-nolog": "lb, access_log off"}.get(b, b)
         w = 18 + 7 * len(label)
         lx -= w + 10
         parts.append(f'<rect x="{lx}" y="56" width="12" height="12" '

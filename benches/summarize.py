@@ -3,12 +3,14 @@
 
 usage: summarize.py OUT_DIR SUMMARY_JSON
 
-Reads OUT_DIR/<balancer>-t<threads>-<scenario>.json (lb-bench --json output) and
-OUT_DIR/machine.json. Standard library only.
+Reads OUT_DIR/<balancer>-t<threads>-<scenario>.json (lb-bench --json output; t0 is lb's
+default thread count), the interleaved HTTP rounds OUT_DIR/rounds/<balancer>-t<threads>-http-r<N>.json
+(their medians are the HTTP figures) and OUT_DIR/machine.json. Standard library only.
 """
 import json
 import os
 import re
+import statistics
 import sys
 
 # key, label, scenario, how to read it from a report, which way is better
@@ -27,17 +29,47 @@ METRICS = [
      lambda r: lat(r, "ws_latency", "p99_us"), "lower"),
     ("idle_kib", "Memory per idle WebSocket (KiB)", "ws-idle",
      lambda r: r.get("rss_per_tunnel_kb"), "lower"),
+    ("idle_closed_pct", "Memory 5 s after they closed (% over before)", "ws-idle",
+     lambda r: 100.0 * (r["rss_closed_kb"] - r["rss_before_kb"]) / r["rss_before_kb"], "lower"),
     ("idle_open", "Idle WebSockets alive at the end (%)", "ws-idle",
      lambda r: 100.0 * r["ws_open_at_end"] / r["users"] if r.get("users") else None, "higher"),
 ]
 
 PEERS = ["haproxy", "nginx", "haproxy-stick"]
-ORDER = ["ours"] + PEERS
+ORDER = ["ours", "ours-nolog"] + PEERS
 
 
 def lat(report, field, pct):
     l = report.get(field)
     return None if not l else l[pct] / 1000.0
+
+
+def target_rows(results, threads):
+    """lb at its defaults (t0) over the best HAProxy thread count, and the access log's cost."""
+    ours = results.get("ours", {}).get("0")
+    if not ours:
+        return []
+    hap = results.get("haproxy", {})
+    rows = []
+    for key, label, _s, _g, better in METRICS:
+        pv = [hap[str(t)].get(key) for t in threads if str(t) in hap]
+        pv = [v for v in pv if v]
+        ov = ours.get(key)
+        if ov is None or not pv or key == "idle_open":
+            continue
+        best = max(pv) if better == "higher" else min(pv)
+        if key == "idle_closed_pct":
+            rows.append({"key": key, "label": label,
+                         "value": f"ours {ov:.1f} % (HAProxy best {best:.1f} %)"})
+            continue
+        rows.append({"key": key, "label": f"{label}: ours / best HAProxy",
+                     "value": f"{ov / best:.2f}x ({fmt(ov)} / {fmt(best)})"})
+    nolog = results.get("ours-nolog", {}).get("0", {}).get("http_rps")
+    if nolog and ours.get("http_rps"):
+        cost = 100.0 * (1.0 - ours["http_rps"] / nolog)
+        rows.append({"key": "access_log_cost", "label": "Access log cost (HTTP req/s, medians)",
+                     "value": f"{cost:.1f} % ({fmt(ours['http_rps'])} with, {fmt(nolog)} without)"})
+    return rows
 
 
 def fmt(v):
@@ -70,6 +102,26 @@ def main():
         with open(os.path.join(out_dir, name)) as f:
             runs[(m["b"], int(m["t"]), m["s"])] = json.load(f)
 
+    # Interleaved HTTP rounds: the median of each figure stands for the balancer.
+    rounds = {}
+    rdir = os.path.join(out_dir, "rounds")
+    rpat = re.compile(r"^(?P<b>[a-z-]+?)-t(?P<t>\d+)-http-r(?P<r>\d+)\.json$")
+    for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
+        m = rpat.match(name)
+        if m:
+            with open(os.path.join(rdir, name)) as f:
+                rounds.setdefault((m["b"], int(m["t"])), []).append(json.load(f))
+    for (b, t), reps in rounds.items():
+        med = dict(reps[0])
+        med["requests_per_sec"] = statistics.median(r["requests_per_sec"] for r in reps)
+        p99s = [lat(r, "http_latency", "p99_us") for r in reps]
+        p99s = [p for p in p99s if p is not None]
+        med["http_latency"] = {"p99_us": statistics.median(p99s) * 1000.0} if p99s else None
+        med["errors"] = sum(r.get("errors", 0) for r in reps)
+        med["violations"] = sum(r.get("violations", 0) for r in reps)
+        med["rounds_rps"] = [r["requests_per_sec"] for r in reps]
+        runs[(b, t, "http")] = med
+
     balancers = [b for b in ORDER if any(k[0] == b for k in runs)]
     threads = sorted({k[1] for k in runs})
     results = {b: {str(t): {} for t in threads} for b in balancers}
@@ -82,12 +134,16 @@ def main():
                 except (KeyError, TypeError, ZeroDivisionError):
                     v = None
                 results[b][str(t)][key] = None if v is None else round(float(v), 3)
+        if s == "http" and "rounds_rps" in r:
+            results[b][str(t)]["http_rounds_rps"] = r["rounds_rps"]
         if r.get("errors") or r.get("violations"):
             problems.append({"balancer": b, "threads": t, "scenario": s,
                              "errors": r.get("errors"), "violations": r.get("violations"),
                              "samples": r.get("error_samples", {})})
 
+    targets = target_rows(results, threads)
     summary = {
+        "targets": targets,
         "machine": machine,
         "balancers": balancers,
         "threads": threads,
@@ -121,6 +177,10 @@ def main():
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(line(r))
+    if targets:
+        print("\nlb defaults (t0) against the best HAProxy thread count of this run:")
+        for t in targets:
+            print(f"  {t['label']:<48} {t['value']}")
     if problems:
         print("\nruns with errors or stickiness violations:")
         for p in problems:

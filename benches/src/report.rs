@@ -294,6 +294,8 @@ pub struct Report {
     pub rss_open_kb: Option<u64>,
     /// (rss_open - rss_before) / opened, KiB.
     pub rss_per_tunnel_kb: Option<f64>,
+    /// Balancer resident memory 5 s after every WebSocket closed, KiB.
+    pub rss_closed_kb: Option<u64>,
     /// Answers per simulated node (`X-Sim-Node`).
     pub nodes: BTreeMap<String, u64>,
     /// Distinct error descriptions with their counts (first few only).
@@ -380,6 +382,9 @@ impl Report {
         }
         if let Some(p) = self.rss_per_tunnel_kb {
             row(&mut s, "rss per tunnel", format!("{p:.2} KiB"));
+        }
+        if let Some(c) = self.rss_closed_kb {
+            row(&mut s, "rss 5 s after close", format!("{c} KiB"));
         }
         if !self.nodes.is_empty() {
             let nodes: Vec<String> = self.nodes.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -205,6 +205,7 @@ pub async fn run(scenario: Scenario, opts: &ScenarioOpts) -> anyhow::Result<Repo
     report.rss_open_kb = extra.rss_open_kb;
     report.rss_per_tunnel_kb = extra.rss_per_tunnel_kb;
     report.rate_limit = opts.rate;
+    report.rss_closed_kb = extra.rss_closed_kb;
     Ok(report)
 }
 
@@ -670,6 +671,9 @@ async fn ws_echo(
     join_all(set, rec).await;
 }
 
+/// How long after the last idle WebSocket closed ws-idle reads the balancer's memory again.
+pub const RSS_SETTLE: Duration = Duration::from_secs(5);
+
 async fn ws_idle(
     target: &Arc<Target>,
     rec: &Arc<Recorder>,
@@ -741,6 +745,11 @@ async fn ws_idle(
         });
     }
     join_all(set, rec).await;
+    if let Some(pid) = opts.pid {
+        // Does the memory of the burst go back? Read it a few seconds after the last close.
+        tokio::time::sleep(RSS_SETTLE).await;
+        extra.rss_closed_kb = rss_tree_kb(pid);
+    }
     Ok(extra)
 }
 

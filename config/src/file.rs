@@ -61,6 +61,9 @@ pub struct FileConfig {
 pub struct ServerFile {
     pub worker_threads: usize,
     pub access_log: bool,
+    pub log_format: LogFormat,
+    pub log_file: Option<String>,
+    pub log_queue_lines: usize,
 }
 
 impl Default for ServerFile {
@@ -68,8 +71,22 @@ impl Default for ServerFile {
         ServerFile {
             worker_threads: 0,
             access_log: true,
+            log_format: LogFormat::Text,
+            log_file: None,
+            log_queue_lines: 16384,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

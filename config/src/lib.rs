@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub use file::{BalanceStrategy, ListenerRole, ProxyProtocolMode, SameSite};
+pub use file::{BalanceStrategy, ListenerRole, LogFormat, ProxyProtocolMode, SameSite};
 
 /// One problem in a configuration file, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,11 @@ pub struct Config {
 pub struct Server {
     pub worker_threads: usize,
     pub access_log: bool,
+    pub log_format: LogFormat,
+    /// Log to this file (reopened on SIGUSR1) instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// Lines the log writer's queue holds; more are dropped (and counted), never waited for.
+    pub log_queue_lines: usize,
 }
 
 #[derive(Debug, Clone)]

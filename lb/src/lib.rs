@@ -26,6 +26,8 @@
 //! - [`tls`]: rustls server and client configurations.
 //! - [`proxy_protocol`]: the PROXY protocol v1/v2 header.
 //! - [`clock`]: the coarse millisecond clock of the hot path.
+//! - [`logging`]: log lines through a bounded queue to a writer thread (stderr or a file
+//!   reopened on SIGUSR1).
 //! - `testing`: a narrow read-only handle for the end-to-end tests (hidden).
 
 pub mod admin;
@@ -33,6 +35,7 @@ pub mod clock;
 pub mod drain;
 mod health;
 mod listen;
+pub mod logging;
 mod meter;
 mod metrics_catalog;
 pub mod proxy;
@@ -164,13 +167,16 @@ pub fn summary(c: &Config) -> String {
     s
 }
 
-/// Runs the balancer until SIGTERM or SIGINT, reloading `path` on SIGHUP.
+/// Runs the balancer until SIGTERM or SIGINT, reloading `path` on SIGHUP and reopening the log
+/// file on SIGUSR1.
 pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let server = Server::start_with_path(config, Some(path.clone())).await?;
+    logging::register_metric();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
@@ -180,6 +186,7 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<(
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 let _ = server.reload_from(&path);
             }
+            _ = usr1.recv() => logging::reopen(),
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

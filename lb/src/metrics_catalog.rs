@@ -56,6 +56,7 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     ("lb_shared_store_timeouts_total", Kind::Counter, "Shared store commands that timed out."),
     ("lb_shared_store_errors_total", Kind::Counter, "Shared store commands that failed."),
     ("lb_shared_store_queued_writes", Kind::Gauge, "Writes waiting in the shared store's queue."),
+    ("lb_log_lines_dropped_total", Kind::Counter, "Log lines dropped because the log writer's queue was full (server.log_queue_lines)."),
     ("process_cpu_seconds_total", Kind::Gauge, "User and system CPU time of the balancer process, seconds."),
     ("process_open_fds", Kind::Gauge, "Open file descriptors of the process (sockets included)."),
     ("process_max_fds", Kind::Gauge, "The process's limit of open file descriptors (RLIMIT_NOFILE, systemd's LimitNOFILE)."),

@@ -81,6 +81,7 @@ impl State {
         if config.sticky.shared != old.config.sticky.shared {
             tracing::warn!("sticky.shared changed: it applies after a restart");
         }
+        crate::logging::warn_restart_only(&old.config.server, &config.server);
         let tls = match crate::tls::load(&config) {
             Ok(t) => t,
             Err(e) => return Err(self.refuse(e.to_string())),

@@ -227,8 +227,14 @@ impl Snapshot {
             .map(|(_, n)| tier(n))
             .min()?;
         let window = self.config.health.slow_start;
-        let mut positions = Vec::with_capacity(self.nodes.len());
-        let mut candidates = Vec::with_capacity(self.nodes.len());
+        // Up to STACK_NODES nodes, the candidates live on the stack: no allocation per new
+        // session.
+        const STACK_NODES: usize = 16;
+        const NONE: Candidate<'static> = Candidate { id: "", load: 0 };
+        let mut stack_pos = [NodePos(0); STACK_NODES];
+        let mut stack_cand = [NONE; STACK_NODES];
+        let (mut heap_pos, mut heap_cand) = (Vec::new(), Vec::new());
+        let mut count = 0;
         let mut held_back = None;
         for (i, n) in self.nodes.iter().enumerate() {
             if Some(i) != exclude && n.accepts_new(now_ms) && tier(n) == best {
@@ -237,17 +243,33 @@ impl Snapshot {
                     held_back.get_or_insert(NodePos(i));
                     continue;
                 }
-                positions.push(NodePos(i));
-                candidates.push(Candidate {
+                let c = Candidate {
                     id: &n.id,
                     load: n.state.load(),
-                });
+                };
+                if count < STACK_NODES {
+                    stack_pos[count] = NodePos(i);
+                    stack_cand[count] = c;
+                } else {
+                    if heap_pos.is_empty() {
+                        heap_pos.extend_from_slice(&stack_pos);
+                        heap_cand.extend_from_slice(&stack_cand);
+                    }
+                    heap_pos.push(NodePos(i));
+                    heap_cand.push(c);
+                }
+                count += 1;
             }
         }
-        if candidates.is_empty() {
+        if count == 0 {
             return held_back;
         }
-        self.selector.pick(&candidates).map(|c| positions[c])
+        let (positions, candidates) = if heap_pos.is_empty() {
+            (&stack_pos[..count], &stack_cand[..count])
+        } else {
+            (&heap_pos[..], &heap_cand[..])
+        };
+        self.selector.pick(candidates).map(|c| positions[c])
     }
 }
 

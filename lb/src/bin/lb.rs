@@ -5,6 +5,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: size classes kept apart, so the handshake buffers of thousands of WebSockets opening
+/// at once do not pin the pages of the tunnels that stay; built without transparent huge pages
+/// (a 2 MiB page per arena chunk is resident memory an idle balancer does not need). Where
+/// glibc's heap kept a burst's memory, mimalloc gives it back (see [`tune_allocator`] and
+/// benches/RESULTS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (include/mimalloc.h).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Free pages go back to the system as soon as they are free (mimalloc's default waits 1 s,
+/// and 10 s for whole arena chunks): resident memory follows the open connections down after
+/// a burst. Called first in `main`, before any other thread exists (mimalloc's options are not
+/// thread safe).
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: sets one integer option of the allocator; no other thread runs yet.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "lb",
@@ -69,6 +90,7 @@ struct AdminArgs {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { config } => check(&config),
@@ -106,15 +128,17 @@ fn print_errors(path: &std::path::Path, errors: &lb_config::ConfigErrors) -> Exi
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = match lb::check_config(path) {
         Ok(c) => c,
         Err(errors) => return print_errors(path, &errors),
+    };
+    // Kept to the end of `run`: dropping it writes out the queued lines.
+    let _logging = match lb::logging::init(&(&config.server).into()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lb: logging: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     // One worker: the current-thread scheduler, without work-stealing overhead.
     let mut builder = if config.server.worker_threads == 1 {

@@ -15,12 +15,13 @@ pub struct Served {
     pub decision: Option<Decision>,
 }
 
-/// Records one finished request.
+/// Records one finished request; `logged` (method and path) is there when the access log is
+/// on. The line is formatted here and queued for the log writer thread (see
+/// [`crate::logging`]): it never waits for the write.
 pub fn record(
     snap: &Snapshot,
     conn: &ConnInfo,
-    method: &Method,
-    path: &str,
+    logged: Option<(&Method, &str)>,
     status: StatusCode,
     served: Served,
     elapsed: Duration,
@@ -37,15 +38,33 @@ pub fn record(
         }
         None => snap.no_node[class].increment(1),
     }
-    if snap.config.server.access_log {
+    let Some((method, path)) = logged else {
+        return;
+    };
+    if !tracing::enabled!(target: "lb::access", tracing::Level::INFO) {
+        return;
+    }
+    let node = served.node.map_or("-", |p| &snap.node(p).id);
+    let sticky = served.decision.map_or("-", Decision::as_str);
+    let line = crate::logging::AccessLine {
+        client: conn.peer,
+        client_ip: conn.peer_ip.to_str().unwrap_or("-"),
+        method: method.as_str(),
+        path,
+        status: status.as_u16(),
+        node,
+        sticky,
+        micros: elapsed.as_micros() as u64,
+    };
+    if !crate::logging::access(&line) {
         tracing::info!(
             target: "lb::access",
             client = %conn.peer,
             method = %method,
             path = path,
             status = status.as_u16(),
-            node = served.node.map_or("-", |p| &snap.node(p).id),
-            sticky = served.decision.map_or("-", Decision::as_str),
+            node = node,
+            sticky = sticky,
             ms = elapsed.as_secs_f64() * 1000.0,
         );
     }

@@ -71,8 +71,12 @@ pub(crate) async fn serve(
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let snap = state.snapshot.load_full();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
+    // Only the access log needs the method and path once the request is handed on.
+    let logged = snap
+        .config
+        .server
+        .access_log
+        .then(|| (req.method().clone(), req.uri().clone()));
     let (resp, served) = match forward(&state, &snap, &conn, req).await {
         Ok((resp, pos, decision)) => (
             resp,
@@ -98,8 +102,7 @@ pub(crate) async fn serve(
     log::record(
         &snap,
         &conn,
-        &method,
-        uri.path(),
+        logged.as_ref().map(|(m, u)| (m, u.path())),
         status,
         served,
         start.elapsed(),

@@ -54,10 +54,14 @@ pub(super) async fn splice_tcp(
     let mut linger_until: Option<u64> = None;
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    // Made once: a new one per turn of the loop registered with (and left) both tokens' wait
+    // lists, locks included, at every readiness event.
+    let closed = closing.cancelled();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = closing.cancelled() => {
+            _ = &mut closed => {
                 // A close frame (1001) when the node-to-client stream is at a frame boundary.
                 if frames.at_boundary() {
                     let _ = client.try_write(&CLOSE_GOING_AWAY);
