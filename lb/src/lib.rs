@@ -13,6 +13,7 @@
 //! - [`snapshot`]: everything compiled from one configuration, swapped whole.
 //! - `reload`: old vs new configuration, refused (needs a restart) or applied, one at a time.
 //! - `listen`: bind, the one accept loop, the proxy connection (PROXY header, client slot, TLS).
+//! - `limits`: a client connection's place in the connection limits, held to its tunnel's end.
 //! - `tasks`: the sticky sweeper, saturation sync, retired-node tunnels, the config watcher.
 //! - [`proxy`]: one request as named steps; `proxy::tunnel` splices an upgraded WebSocket.
 //! - [`status`]: every status the balancer itself answers (proxy errors, refusals, redirect,
@@ -26,6 +27,9 @@
 //! - [`tls`]: rustls server and client configurations.
 //! - [`proxy_protocol`]: the PROXY protocol v1/v2 header.
 //! - [`clock`]: the coarse millisecond clock of the hot path.
+//! - [`drain`]: draining the whole balancer (`POST /drain`, `lb drain`) and node drain progress.
+//! - `meter`: WebSocket byte counters of the open tunnels, collected at each scrape.
+//! - `metrics_catalog`: every metric with its HELP text, described once at start-up.
 //! - [`logging`]: log lines through a bounded queue to a writer thread (stderr or a file
 //!   reopened on SIGUSR1).
 //! - `testing`: a narrow read-only handle for the end-to-end tests (hidden).
@@ -34,6 +38,7 @@ pub mod admin;
 pub mod clock;
 pub mod drain;
 mod health;
+mod limits;
 mod listen;
 pub mod logging;
 mod meter;

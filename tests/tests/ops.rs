@@ -65,13 +65,13 @@ impl LbProcess {
             .arg(&path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            // The log goes to stdout.
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // The log goes to stderr.
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start lb");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(String::new()));
         let (mut proxy, mut admin) = (None, None);
         let deadline = Instant::now() + T;

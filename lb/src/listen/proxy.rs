@@ -4,7 +4,7 @@
 //! shutdown closes it gracefully.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::write_watch::WriteWatch;
 use super::{refuse, Accepted};
+use crate::limits::ConnHold;
 use crate::proxy::{self, ConnInfo};
 use crate::state::State;
 use crate::status::Refusal;
@@ -58,68 +59,6 @@ pub fn accept(
 fn close_tls(stream: TcpStream, refusal: Refusal) {
     metrics::counter!("lb_connections_refused_total", "reason" => refusal.reason()).increment(1);
     drop(stream);
-}
-
-/// What an open client connection holds: its place in `open_connections` and, with
-/// `listener.max_connections_per_client`, its client's slot. Released when the connection and
-/// its tunnel, if it upgraded, are both gone.
-pub(crate) struct ConnHold {
-    state: Arc<State>,
-    client: Option<IpAddr>,
-}
-
-impl std::fmt::Debug for ConnHold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnHold")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnHold {
-    fn new(state: &Arc<State>) -> ConnHold {
-        state.open_connections.fetch_add(1, Ordering::Relaxed);
-        state.metrics_handles.open_connections.increment(1.0);
-        ConnHold {
-            state: state.clone(),
-            client: None,
-        }
-    }
-
-    /// Takes a slot of client `ip`; false when it has `listener.max_connections_per_client`.
-    fn take_slot(&mut self, ip: IpAddr, listener: usize) -> bool {
-        let max = self
-            .state
-            .snapshot
-            .load()
-            .config
-            .listener_at(listener)
-            .max_connections_per_client;
-        if max == 0 {
-            return true;
-        }
-        let mut n = self.state.per_client.entry(ip).or_insert(0);
-        if *n as usize >= max {
-            return false;
-        }
-        *n += 1;
-        drop(n);
-        self.client = Some(ip);
-        true
-    }
-}
-
-impl Drop for ConnHold {
-    fn drop(&mut self) {
-        if let Some(ip) = self.client {
-            self.state.per_client.remove_if_mut(&ip, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
-        }
-        self.state.open_connections.fetch_sub(1, Ordering::Relaxed);
-        self.state.metrics_handles.open_connections.decrement(1.0);
-    }
 }
 
 /// Reads the PROXY protocol header when required: the client's address, or `None` when the

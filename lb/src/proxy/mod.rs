@@ -53,7 +53,7 @@ pub struct ConnInfo {
     /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept and appended to.
     pub trusted: bool,
     /// The connection's place in the connection limits, kept by a tunnel after an upgrade.
-    pub(crate) _hold: crate::listen::proxy::ConnHold,
+    pub(crate) _hold: crate::limits::ConnHold,
     /// Clients reach this connection's listener over HTTPS (its TLS or a trusted front's):
     /// the route cookie is `Secure`.
     pub secure_cookies: bool,

@@ -29,25 +29,13 @@ pub(super) async fn splice_tcp(
     let mut frames = FrameTracker::default();
     // Bytes hyper read past the upgrade go first; then `pre` (which shares hyper's whole read
     // buffer) is let go at once.
-    if !client_pre.is_empty() {
-        if let Err(e) = write_all(&node, &client_pre, stall, closing).await {
-            return e.end();
-        }
+    if let Err(end) = send_pre(&node, client_pre, &counts.to_node, stall, closing).await {
+        return end;
     }
-    counts
-        .to_node
-        .fetch_add(client_pre.len() as u64, Ordering::Relaxed);
-    drop(client_pre);
     frames.feed(&node_pre);
-    if !node_pre.is_empty() {
-        if let Err(e) = write_all(&client, &node_pre, stall, closing).await {
-            return e.end();
-        }
+    if let Err(end) = send_pre(&client, node_pre, &counts.to_client, stall, closing).await {
+        return end;
     }
-    counts
-        .to_client
-        .fetch_add(node_pre.len() as u64, Ordering::Relaxed);
-    drop(node_pre);
 
     let (mut up_open, mut down_open) = (true, true);
     let mut last = clock::now_ms();
@@ -140,6 +128,23 @@ pub(super) async fn splice_tcp(
                 .reset(tokio::time::Instant::now() + FIN_LINGER);
         }
     }
+}
+
+/// Writes the bytes hyper read past the upgrade and counts them; `pre` is dropped on return.
+async fn send_pre(
+    to: &TcpStream,
+    pre: Bytes,
+    count: &std::sync::atomic::AtomicU64,
+    stall: Duration,
+    closing: &Closing<'_>,
+) -> Result<(), End> {
+    if !pre.is_empty() {
+        write_all(to, &pre, stall, closing)
+            .await
+            .map_err(|e| e.end())?;
+    }
+    count.fetch_add(pre.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 enum Moved {
