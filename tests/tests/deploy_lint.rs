@@ -849,9 +849,22 @@ fn production_example_passes_lb_check() {
         "admin reachable by the NLB, with a token"
     );
     assert!(cfg.balance.zone.is_some(), "zone");
-    assert!(
-        read("deploy/examples/production.toml").contains("Windows authentication port"),
-        "the place of the Windows authentication listener is marked"
+    let auth = cfg
+        .listeners
+        .iter()
+        .find(|l| l.name == "auth")
+        .expect("a Windows authentication listener");
+    assert_eq!(
+        auth.address.port(),
+        4244,
+        "on the QPS's authentication port"
+    );
+    assert_eq!(auth.node_port, Some(4244));
+    assert!(auth.tls.is_some(), "over HTTPS with the site certificate");
+    assert_eq!(
+        auth.proxy_protocol,
+        lb_config::ProxyProtocolMode::Required,
+        "behind the NLB"
     );
 
     // A file the example names and that is missing is reported with its key.

@@ -1,6 +1,5 @@
 //! Engine telemetry targets from a configuration: the nodes that name an engine.
 
-use http::{HeaderName, HeaderValue};
 use lb_config::Config;
 
 use super::{EngineTarget, PollerSettings, Telemetry, TlsClientFiles};
@@ -18,19 +17,14 @@ impl Telemetry {
 /// The targets and poller settings of a configuration.
 pub fn targets(config: &Config) -> Result<(Vec<EngineTarget>, PollerSettings), String> {
     let mut targets = Vec::new();
-    for (i, n) in config.nodes.iter().enumerate() {
-        let Some(url) = &n.engine else { continue };
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("nodes[{i}].engine: invalid URL {url:?}: {e}"))?;
+    // Engine URLs and headers come checked and typed from the configuration.
+    let headers = config.telemetry.header_map();
+    for n in &config.nodes {
+        let Some(uri) = n.engine_uri.clone() else {
+            continue;
+        };
         let mut t = EngineTarget::new(n.id.clone(), uri);
-        for (k, v) in &config.telemetry.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
-            let value =
-                HeaderValue::from_str(v).map_err(|e| format!("telemetry.headers.{k}: {e}"))?;
-            t.headers.insert(name, value);
-        }
+        t.headers = headers.clone();
         // The QPS names engines by host and the engine port: the node's own address is an
         // alias when no other node shares its IP.
         if config
