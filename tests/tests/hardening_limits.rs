@@ -29,11 +29,11 @@ async fn websockets_keep_their_connection_and_client_slot() {
     assert_eq!(u.get("/hub").await.status, StatusCode::OK);
     let (_ws1, _) = open_ws(&u, "/app/one").await;
     let (_ws2, _) = open_ws(&u, "/app/two").await;
-    wait_for(Duration::from_secs(5), "three connections counted", || {
-        lb.test_handle().open_connections() == 3
+    // The tunnel counts once both upgrades have completed, a moment after the 101.
+    wait_for(Duration::from_secs(5), "three connections and two tunnels", || {
+        lb.test_handle().open_connections() == 3 && lb.test_handle().open_tunnels() == 2
     })
     .await;
-    assert_eq!(lb.test_handle().open_tunnels(), 2);
     // A third connection from the same address is over the limit.
     let mut s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
     let (out, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
