@@ -16,6 +16,6 @@ pub mod placement;
 pub mod report;
 pub mod scenario;
 pub mod signin;
-pub mod tls;
 pub mod soak;
+pub mod tls;
 pub use lb_sim as sim;

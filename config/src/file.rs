@@ -391,6 +391,7 @@ pub struct AdminFile {
     pub token: Option<String>,
     #[serde(default)]
     pub token_file: Option<String>,
+    #[serde(default)]
     pub allowed_hosts: Vec<String>,
 }
 
