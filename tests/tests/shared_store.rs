@@ -6,9 +6,9 @@
 //! Each test starts its own `redis-server` on a free loopback port (no persistence, a temporary
 //! folder) and kills it at the end.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use lb::Server;
 use lb_bench::client::{CookieJar, HttpConn};
+use lb_tests::redis_store::{free_port, Store};
 use lb_tests::{config, target, SimCluster, SimOptions, User};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,101 +25,6 @@ use tokio::net::{TcpListener, TcpStream};
 const T: Duration = Duration::from_secs(10);
 const ROUTE: &str = "QLB_ROUTE";
 const SESSION: &str = "X-Qlik-Session";
-
-/// A `redis-server` of this test, killed on drop.
-struct Store {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Store {
-    /// A store with `extra` arguments; with `--tls-port P` (and `--port 0`) it serves TLS on P.
-    async fn start(extra: &[&str]) -> Store {
-        let port = match extra.iter().position(|a| *a == "--tls-port") {
-            Some(i) => extra[i + 1].parse().unwrap(),
-            None => free_port(),
-        };
-        let dir = std::env::temp_dir().join(format!("lb-store-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Store {
-            port,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn().await;
-        s
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + T;
-        let tls = self.extra.iter().any(|a| a == "--tls-port");
-        loop {
-            if tls && TcpStream::connect(self.addr()).await.is_ok() {
-                return;
-            }
-            if let (false, Ok(mut c)) = (tls, TcpStream::connect(self.addr()).await) {
-                // An answer to PING (or the refusal of an unauthenticated one) means it serves.
-                c.write_all(b"PING\r\n").await.unwrap();
-                let mut buf = [0u8; 64];
-                if matches!(c.read(&mut buf).await, Ok(n) if n > 0) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `redis-cli` against this store (for the test's own look at what is stored).
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn extra(store: SocketAddr, more: &str) -> String {
     format!(

@@ -53,13 +53,15 @@ pub fn learns_from(method: &Method, path: &str) -> Option<Learn> {
 }
 
 /// Reads a successful ticket or session answer (bounded in size and by `timeout`), learns its
-/// id for `node`, and passes the same answer on. An answer that cannot be read whole in time is
+/// id for `node` (and writes it to the shared store, if any: a ticket for `ticket_ms`, a
+/// portal session as a Qlik session for `session_idle`), and passes the same answer on. An answer that cannot be read whole in time is
 /// a `502` of the caller's.
 pub async fn learn(
     state: &State,
     node: &Node,
     what: Learn,
     ticket_ms: u64,
+    session_idle: Duration,
     timeout: Duration,
     resp: Response<RespBody>,
 ) -> Result<Response<RespBody>, String> {
@@ -81,6 +83,9 @@ pub async fn learn(
                     state
                         .tickets
                         .learn_ticket(t.as_bytes(), node_idx, ticket_ms);
+                    if let Some(store) = &state.shared {
+                        store.put_ticket(t.as_bytes(), &node.id, Duration::from_millis(ticket_ms));
+                    }
                     metrics::counter!("lb_rest_learned_total", "kind" => "ticket").increment(1);
                 }
             }
@@ -88,6 +93,9 @@ pub async fn learn(
                 if let Some(s) = v.get("SessionId").and_then(|t| t.as_str()) {
                     if !s.is_empty() {
                         state.sticky.learn(s.as_bytes(), node_idx);
+                        if let Some(store) = &state.shared {
+                            store.put_session(s.as_bytes(), &node.id, session_idle);
+                        }
                         metrics::counter!("lb_rest_learned_total", "kind" => "session")
                             .increment(1);
                     }
