@@ -620,6 +620,30 @@ fn the_two_examples_share_key_nodes_and_store() {
     assert_eq!(b.admin.as_ref().unwrap().address, addr("127.0.0.1:18011"));
     assert_eq!(a.module.as_ref().unwrap().address, addr("127.0.0.1:18002"));
     assert_eq!(b.module.as_ref().unwrap().address, addr("127.0.0.1:18012"));
+    // The sign-in listeners: Windows authentication and the QPS REST API of each balancer.
+    let listeners = |c: &lb_config::Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let named = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listeners(&a),
+        named(&[("auth", "127.0.0.1:18044"), ("rest", "127.0.0.1:18043")])
+    );
+    assert_eq!(
+        listeners(&b),
+        named(&[("auth", "127.0.0.1:18054"), ("rest", "127.0.0.1:18053")])
+    );
+    for (i, n) in a.nodes.iter().enumerate() {
+        assert_eq!(n.addresses[0], addr(&format!("127.0.0.1:{}", 19140 + i)));
+        assert_eq!(n.addresses[1], addr(&format!("127.0.0.1:{}", 19160 + i)));
+    }
     assert!(a.sticky.route_key.is_some());
     assert_eq!(a.sticky.route_key, b.sticky.route_key);
     let ids = |c: &lb_config::Config| {
