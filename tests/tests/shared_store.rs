@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use lb::Server;
 use lb_bench::client::{CookieJar, HttpConn};
-use lb_tests::redis_store::{free_port, Store};
+use lb_tests::redis_store::{free_port, slow_proxy, Store};
 use lb_tests::{config, target, SimCluster, SimOptions, User};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(10);
 const ROUTE: &str = "QLB_ROUTE";
@@ -264,43 +262,6 @@ async fn store_killed_and_restarted_under_load_costs_no_request() {
     assert_eq!((r.status, r.node()), (StatusCode::OK, Some(node.as_str())));
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// A TCP proxy in front of the store that holds every chunk it forwards for `delay`.
-async fn slow_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::join!(pump(cr, sw, delay), pump(sr, cw, Duration::ZERO));
-            });
-        }
-    });
-    addr
-}
-
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        tokio::time::sleep(delay).await;
-        if w.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,9 @@
 //! - **Writes** ([`SharedStore::put_session`], [`SharedStore::put_ticket`],
 //!   [`SharedStore::forget`]) never wait: they go to a
 //!   bounded queue (a full queue drops the write and counts it); one background task sends
-//!   them in pipelined batches.
+//!   them in pipelined batches. Only [`SharedStore::put_acked`] (what the REST API listener
+//!   learns, which a portal hands to a browser that may reach another balancer at once) waits
+//!   for the store, at most `lookup_timeout`, and falls back to the queue.
 //! - **Lookups** ([`SharedStore::lookup`]) are made only for an id this balancer does not know,
 //!   within `lookup_timeout`; a timeout, an error or a store known to be down is
 //!   [`Lookup::Unavailable`] (the request proceeds as a miss). A definite session miss is
@@ -310,6 +312,43 @@ impl SharedStore {
                 ttl_ms,
             },
         });
+    }
+
+    /// Writes an entry at once and waits for the store to take it, at most `lookup_timeout`:
+    /// for what another balancer is asked for right after it is made (a portal's ticket or
+    /// session, which the portal hands to a browser that may arrive anywhere). A store known to
+    /// be down is not waited for; a write not taken in time (or failed) is queued as any other.
+    /// Returns whether the store took it.
+    pub async fn put_acked(&self, kind: Kind, id: &[u8], node: &Arc<str>, ttl: Duration) -> bool {
+        let conn = if self.is_up() {
+            self.conn.load_full()
+        } else {
+            None
+        };
+        let Some(conn) = conn else {
+            self.put(kind, id, node, ttl);
+            return false;
+        };
+        let mut c = (*conn).clone();
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(kind, id))
+            .arg(node.as_bytes())
+            .arg("PX")
+            .arg((ttl.as_millis() as u64).max(1));
+        match tokio::time::timeout(self.lookup_timeout, set.query_async::<()>(&mut c)).await {
+            Ok(Ok(())) => {
+                self.counts.written.fetch_add(1, Ordering::Relaxed);
+                self.m.written.increment(1);
+                return true;
+            }
+            Ok(Err(e)) => self.failed(&e),
+            Err(_) => {
+                self.counts.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.m.timeouts.increment(1);
+            }
+        }
+        self.put(kind, id, node, ttl);
+        false
     }
 
     /// Removes an entry (the node removed the session). Never waits.
