@@ -9,10 +9,13 @@
 //! - [`placement`]: the engine placement simulator (`lb-bench placement`).
 //! - [`scenario`]: the load scenarios (`qlik`, `http`, `churn`, `ws-echo`, `ws-idle`).
 //! - [`signin`]: the demo's Windows sign-in phase through the balancer.
+//! - [`portal`]: portal sign-ins per second (`lb-bench portal`), a ticket from one balancer
+//!   redeemed through another.
 //! - [`soak`]: the soak scenario (`lb-bench soak`): users, a fault script, invariants.
 
 pub mod client;
 pub mod placement;
+pub mod portal;
 pub mod report;
 pub mod scenario;
 pub mod signin;

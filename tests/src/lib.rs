@@ -2,7 +2,9 @@
 //! 127.0.0.1, in front of simulated Qlik nodes (the `lb-sim` crate).
 //!
 //! - this module: test configurations, starting a balancer, a browser-like [`User`];
-//! - [`faults`]: helpers of the fault-injection tests (panic watch, leak checks, fake nodes).
+//! - [`faults`]: helpers of the fault-injection tests (panic watch, leak checks, fake nodes);
+//! - [`portal`]: sign-in listeners, a portal's REST API calls and a portal user's browser;
+//! - [`redis_store`]: a real `redis-server` for the shared-store tests.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +14,8 @@ use lb_bench::client::{CookieJar, HttpConn, HttpResponse, Target};
 use lb_config::Config;
 
 pub mod faults;
+pub mod portal;
+pub mod redis_store;
 
 pub use lb_bench::client;
 pub use lb_sim::{SimCluster, SimOptions};

@@ -6,9 +6,9 @@
 //! Each test starts its own `redis-server` on a free loopback port (no persistence, a temporary
 //! folder) and kills it at the end.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,109 +16,13 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use lb::Server;
 use lb_bench::client::{CookieJar, HttpConn};
+use lb_tests::redis_store::{free_port, slow_proxy, Store};
 use lb_tests::{config, target, SimCluster, SimOptions, User};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(10);
 const ROUTE: &str = "QLB_ROUTE";
 const SESSION: &str = "X-Qlik-Session";
-
-/// A `redis-server` of this test, killed on drop.
-struct Store {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Store {
-    /// A store with `extra` arguments; with `--tls-port P` (and `--port 0`) it serves TLS on P.
-    async fn start(extra: &[&str]) -> Store {
-        let port = match extra.iter().position(|a| *a == "--tls-port") {
-            Some(i) => extra[i + 1].parse().unwrap(),
-            None => free_port(),
-        };
-        let dir = std::env::temp_dir().join(format!("lb-store-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Store {
-            port,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn().await;
-        s
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + T;
-        let tls = self.extra.iter().any(|a| a == "--tls-port");
-        loop {
-            if tls && TcpStream::connect(self.addr()).await.is_ok() {
-                return;
-            }
-            if let (false, Ok(mut c)) = (tls, TcpStream::connect(self.addr()).await) {
-                // An answer to PING (or the refusal of an unauthenticated one) means it serves.
-                c.write_all(b"PING\r\n").await.unwrap();
-                let mut buf = [0u8; 64];
-                if matches!(c.read(&mut buf).await, Ok(n) if n > 0) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `redis-cli` against this store (for the test's own look at what is stored).
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn extra(store: SocketAddr, more: &str) -> String {
     format!(
@@ -358,43 +262,6 @@ async fn store_killed_and_restarted_under_load_costs_no_request() {
     assert_eq!((r.status, r.node()), (StatusCode::OK, Some(node.as_str())));
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// A TCP proxy in front of the store that holds every chunk it forwards for `delay`.
-async fn slow_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::join!(pump(cr, sw, delay), pump(sr, cw, Duration::ZERO));
-            });
-        }
-    });
-    addr
-}
-
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        tokio::time::sleep(delay).await;
-        if w.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,6 +581,30 @@ fn the_two_examples_share_key_nodes_and_store() {
     assert_eq!(b.admin.as_ref().unwrap().address, addr("127.0.0.1:18011"));
     assert_eq!(a.module.as_ref().unwrap().address, addr("127.0.0.1:18002"));
     assert_eq!(b.module.as_ref().unwrap().address, addr("127.0.0.1:18012"));
+    // The sign-in listeners: Windows authentication and the QPS REST API of each balancer.
+    let listeners = |c: &lb_config::Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let named = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listeners(&a),
+        named(&[("auth", "127.0.0.1:18044"), ("rest", "127.0.0.1:18043")])
+    );
+    assert_eq!(
+        listeners(&b),
+        named(&[("auth", "127.0.0.1:18054"), ("rest", "127.0.0.1:18053")])
+    );
+    for (i, n) in a.nodes.iter().enumerate() {
+        assert_eq!(n.addresses[0], addr(&format!("127.0.0.1:{}", 19140 + i)));
+        assert_eq!(n.addresses[1], addr(&format!("127.0.0.1:{}", 19160 + i)));
+    }
     assert!(a.sticky.route_key.is_some());
     assert_eq!(a.sticky.route_key, b.sticky.route_key);
     let ids = |c: &lb_config::Config| {

@@ -166,6 +166,28 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Portal sign-ins: a ticket from a REST API listener (`--rest-url`), redeemed by a new
+    /// browser at a users' listener (`--url`, possibly another balancer's); loopback only.
+    Portal {
+        /// The balancer's users' listener the browsers arrive at.
+        #[arg(long, default_value = "http://127.0.0.1:18000")]
+        url: String,
+        /// The REST API listener the portal asks for tickets.
+        #[arg(long, default_value = "http://127.0.0.1:18043")]
+        rest_url: String,
+        /// Portal workers signing users in at the same time.
+        #[arg(long, default_value_t = 16)]
+        portals: usize,
+        /// How long the sign-ins go on.
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+        /// Load generator worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Engine placement simulator: policies compared over a simulated Qlik day (no network).
     Placement {
         /// Seed of the workload and of the random policies.
@@ -405,6 +427,44 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 fault_every: Duration::from_secs_f64(fault_every_secs.max(0.5)),
             };
             return runtime(threads.max(1))?.block_on(soak(lb_bin, opts, json));
+        }
+        Cmd::Portal {
+            url,
+            rest_url,
+            portals,
+            duration_secs,
+            threads,
+            json,
+        } => {
+            let users = lb_bench::client::Target::parse(&url, false)?;
+            let rest = lb_bench::client::Target::parse(&rest_url, false)?;
+            let duration = Duration::from_secs_f64(duration_secs.clamp(0.1, 3600.0));
+            let r = runtime(threads.max(1))?.block_on(lb_bench::portal::portal_sign_ins(
+                rest,
+                users,
+                portals.clamp(1, 10_000),
+                duration,
+            ));
+            println!(
+                "portal sign-ins: {} in {:.1}s, {:.0}/s as the ticket's user; wrong user {}, errors {}; \
+                 p50 {} us, p99 {} us",
+                r.sign_ins,
+                r.secs,
+                r.good_per_sec,
+                r.wrong_user,
+                r.errors,
+                r.latency.p50_us,
+                r.latency.p99_us
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&r)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            return Ok(if r.wrong_user == 0 && r.errors == 0 && r.good > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
         }
         Cmd::Demo {
             lb_bin,

@@ -227,20 +227,52 @@ fn route_pin(snap: &Snapshot, value: &[u8]) -> RoutePin {
 /// pin.
 pub fn ticket_pin(state: &State, snap: &Snapshot, uri: &http::Uri, choice: &mut Choice) {
     // Most requests have no query: nothing to look up.
-    let Some(id) = uri
-        .query()
+    let Some(id) = ticket_of(uri) else {
+        return;
+    };
+    if let Some(idx) = state.tickets.node_of_ticket(id) {
+        pin_ticket(snap, snap.pos_of_idx(NodeIdx(idx)), choice);
+    }
+}
+
+/// [`ticket_pin`] with a shared store: a ticket unknown here (made through another balancer's
+/// REST API listener) is looked up there once, within `lookup_timeout`; a hit is learned for
+/// `sticky.ticket_lifetime` and pins. A timeout or an error is a miss. A request without a
+/// ticket never waits for the store.
+pub async fn ticket_pin_shared(
+    state: &State,
+    snap: &Snapshot,
+    uri: &http::Uri,
+    choice: &mut Choice,
+) {
+    let Some(id) = ticket_of(uri) else {
+        return;
+    };
+    if let Some(idx) = state.tickets.node_of_ticket(id) {
+        return pin_ticket(snap, snap.pos_of_idx(NodeIdx(idx)), choice);
+    }
+    let Some(store) = &state.shared else {
+        return;
+    };
+    if let Lookup::Hit(node) = store.lookup(Kind::Ticket, id).await {
+        if let Some(pos) = snap.pos_of_id(&node) {
+            let ttl_ms = snap.config.sticky.ticket_lifetime.as_millis() as u64;
+            state
+                .tickets
+                .learn_ticket(id, snap.node(pos).state.idx.0, ttl_ms);
+            pin_ticket(snap, Some(pos), choice);
+        }
+    }
+}
+
+fn ticket_of(uri: &http::Uri) -> Option<&[u8]> {
+    uri.query()
         .and_then(crate::sticky::tickets::ticket_in_query)
-    else {
-        return;
-    };
-    let Some(pos) = state
-        .tickets
-        .node_of_ticket(id.as_bytes())
-        .and_then(|idx| snap.pos_of_idx(NodeIdx(idx)))
-    else {
-        return;
-    };
-    if snap.node(pos).usable(clock::now_ms()) {
+        .map(str::as_bytes)
+}
+
+fn pin_ticket(snap: &Snapshot, pos: Option<NodePos>, choice: &mut Choice) {
+    if let Some(pos) = pos.filter(|p| snap.node(*p).usable(clock::now_ms())) {
         choice.pos = pos;
         choice.decision = Decision::Learned;
     }

@@ -143,7 +143,11 @@ async fn forward(
     let role = snap.config.listener_at(conn.listener).role;
     let rest_learn = match role {
         ListenerRole::Users => {
-            choose::ticket_pin(state, snap, req.uri(), &mut choice);
+            if state.shared.is_some() {
+                choose::ticket_pin_shared(state, snap, req.uri(), &mut choice).await;
+            } else {
+                choose::ticket_pin(state, snap, req.uri(), &mut choice);
+            }
             None
         }
         ListenerRole::RestApi => {
@@ -166,8 +170,9 @@ async fn forward(
             let c = &snap.config;
             let node = snap.node(choice.pos);
             let ticket_ms = c.sticky.ticket_lifetime.as_millis() as u64;
+            let idle = c.sticky.session_idle_timeout;
             let timeout = c.upstream.response_timeout;
-            rest::learn(state, node, what, ticket_ms, timeout, resp)
+            rest::learn(state, node, what, ticket_ms, idle, timeout, resp)
                 .await
                 .map_err(|e| Failed {
                     error: ProxyError::Upstream(e),

@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use super::RespBody;
 use crate::snapshot::Node;
 use crate::state::State;
+use crate::sticky::shared::Kind;
 
 /// Names a node for a REST API call.
 pub static X_LB_NODE: HeaderName = HeaderName::from_static("x-lb-node");
@@ -53,13 +54,17 @@ pub fn learns_from(method: &Method, path: &str) -> Option<Learn> {
 }
 
 /// Reads a successful ticket or session answer (bounded in size and by `timeout`), learns its
-/// id for `node`, and passes the same answer on. An answer that cannot be read whole in time is
+/// id for `node` (and writes it to the shared store, if any: a ticket for `ticket_ms`, a
+/// portal session as a Qlik session for `session_idle`; the answer waits for the store at most
+/// `lookup_timeout`, so that the portal's browser finds it at another balancer), and passes
+/// the same answer on. An answer that cannot be read whole in time is
 /// a `502` of the caller's.
 pub async fn learn(
     state: &State,
     node: &Node,
     what: Learn,
     ticket_ms: u64,
+    session_idle: Duration,
     timeout: Duration,
     resp: Response<RespBody>,
 ) -> Result<Response<RespBody>, String> {
@@ -81,6 +86,12 @@ pub async fn learn(
                     state
                         .tickets
                         .learn_ticket(t.as_bytes(), node_idx, ticket_ms);
+                    if let Some(store) = &state.shared {
+                        let life = Duration::from_millis(ticket_ms);
+                        store
+                            .put_acked(Kind::Ticket, t.as_bytes(), &node.id, life)
+                            .await;
+                    }
                     metrics::counter!("lb_rest_learned_total", "kind" => "ticket").increment(1);
                 }
             }
@@ -88,6 +99,11 @@ pub async fn learn(
                 if let Some(s) = v.get("SessionId").and_then(|t| t.as_str()) {
                     if !s.is_empty() {
                         state.sticky.learn(s.as_bytes(), node_idx);
+                        if let Some(store) = &state.shared {
+                            store
+                                .put_acked(Kind::Session, s.as_bytes(), &node.id, session_idle)
+                                .await;
+                        }
                         metrics::counter!("lb_rest_learned_total", "kind" => "session")
                             .increment(1);
                     }

@@ -2,18 +2,21 @@
 //! Valkey/Redis store.
 //!
 //! Values are node ids (the same in every balancer's configuration), never positions. Keys are
-//! `{key_prefix}{kind}:{id}` (`s:` learned Qlik sessions, `t:` tickets, `p:` portal sessions),
-//! each with its life as the key's TTL.
+//! `{key_prefix}{kind}:{id}` (`s:` Qlik sessions, `t:` tickets), each with its life as the
+//! key's TTL. A portal session id learned from the REST API is an `s:` entry: the browser
+//! carries it as its Qlik session cookie, so another balancer finds it by the session lookup.
 //!
 //! - **Writes** ([`SharedStore::put_session`], [`SharedStore::put_ticket`],
-//!   [`SharedStore::put_portal_session`], [`SharedStore::forget`]) never wait: they go to a
+//!   [`SharedStore::forget`]) never wait: they go to a
 //!   bounded queue (a full queue drops the write and counts it); one background task sends
-//!   them in pipelined batches.
+//!   them in pipelined batches. Only [`SharedStore::put_acked`] (what the REST API listener
+//!   learns, which a portal hands to a browser that may reach another balancer at once) waits
+//!   for the store, at most `lookup_timeout`, and falls back to the queue.
 //! - **Lookups** ([`SharedStore::lookup`]) are made only for an id this balancer does not know,
 //!   within `lookup_timeout`; a timeout, an error or a store known to be down is
-//!   [`Lookup::Unavailable`] (the request proceeds as a miss). A definite miss is remembered
-//!   for [`NEGATIVE_SECS`] so that an id unknown everywhere costs one store call, not one per
-//!   request.
+//!   [`Lookup::Unavailable`] (the request proceeds as a miss). A definite session miss is
+//!   remembered for [`NEGATIVE_SECS`] so that an id unknown everywhere costs one store call,
+//!   not one per request (a ticket's miss is not: it comes once, right after it was made).
 //! - **Faults**: the store's state (up/down) changes only on a command's outcome or the
 //!   background probe (a `PING` each second), and each change is logged once. While down no
 //!   lookup is attempted and writes wait in the queue; the probe reconnects.
@@ -43,12 +46,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// What a store entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A learned Qlik session cookie value.
+    /// A Qlik session cookie value: learned from a node's `Set-Cookie` or, as a portal
+    /// session id, from the REST API.
     Session,
     /// A ticket (its life as the TTL).
     Ticket,
-    /// A portal session id.
-    PortalSession,
 }
 
 impl Kind {
@@ -56,7 +58,6 @@ impl Kind {
         match self {
             Kind::Session => b"s:",
             Kind::Ticket => b"t:",
-            Kind::PortalSession => b"p:",
         }
     }
 }
@@ -290,7 +291,8 @@ impl SharedStore {
         }
     }
 
-    /// Records a learned Qlik session on `node` for `idle` (its idle expiry). Never waits.
+    /// Records a Qlik session (learned from a node, or a portal session id from the REST API)
+    /// on `node` for `idle` (its idle expiry). Never waits.
     pub fn put_session(&self, id: &[u8], node: &Arc<str>, idle: Duration) {
         self.put(Kind::Session, id, node, idle);
     }
@@ -298,11 +300,6 @@ impl SharedStore {
     /// Records a ticket redeemed on `node`, valid for `ttl`. Never waits.
     pub fn put_ticket(&self, id: &[u8], node: &Arc<str>, ttl: Duration) {
         self.put(Kind::Ticket, id, node, ttl);
-    }
-
-    /// Records a portal session on `node` for `idle`. Never waits.
-    pub fn put_portal_session(&self, id: &[u8], node: &Arc<str>, idle: Duration) {
-        self.put(Kind::PortalSession, id, node, idle);
     }
 
     /// Records an entry of `kind`. Never waits: a full queue drops the write (counted).
@@ -315,6 +312,43 @@ impl SharedStore {
                 ttl_ms,
             },
         });
+    }
+
+    /// Writes an entry at once and waits for the store to take it, at most `lookup_timeout`:
+    /// for what another balancer is asked for right after it is made (a portal's ticket or
+    /// session, which the portal hands to a browser that may arrive anywhere). A store known to
+    /// be down is not waited for; a write not taken in time (or failed) is queued as any other.
+    /// Returns whether the store took it.
+    pub async fn put_acked(&self, kind: Kind, id: &[u8], node: &Arc<str>, ttl: Duration) -> bool {
+        let conn = if self.is_up() {
+            self.conn.load_full()
+        } else {
+            None
+        };
+        let Some(conn) = conn else {
+            self.put(kind, id, node, ttl);
+            return false;
+        };
+        let mut c = (*conn).clone();
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(kind, id))
+            .arg(node.as_bytes())
+            .arg("PX")
+            .arg((ttl.as_millis() as u64).max(1));
+        match tokio::time::timeout(self.lookup_timeout, set.query_async::<()>(&mut c)).await {
+            Ok(Ok(())) => {
+                self.counts.written.fetch_add(1, Ordering::Relaxed);
+                self.m.written.increment(1);
+                return true;
+            }
+            Ok(Err(e)) => self.failed(&e),
+            Err(_) => {
+                self.counts.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.m.timeouts.increment(1);
+            }
+        }
+        self.put(kind, id, node, ttl);
+        false
     }
 
     /// Removes an entry (the node removed the session). Never waits.
@@ -339,7 +373,13 @@ impl SharedStore {
     pub async fn lookup(&self, kind: Kind, id: &[u8]) -> Lookup {
         let key = self.key(kind, id);
         let now = clock::now_secs();
-        if let Some(until) = self.negative.get(&key[..]).map(|e| *e) {
+        // A ticket is in a request once (its redirect target), soon after another balancer
+        // learned it: a miss is not remembered (a reload of the same ticket asks again).
+        let remember_miss = kind != Kind::Ticket;
+        if let Some(until) = remember_miss
+            .then(|| self.negative.get(&key[..]).map(|e| *e))
+            .flatten()
+        {
             if now < until {
                 return Lookup::Miss;
             }
@@ -374,6 +414,9 @@ impl SharedStore {
             Ok(Ok(None)) => {
                 self.counts.misses.fetch_add(1, Ordering::Relaxed);
                 self.m.misses.increment(1);
+                if !remember_miss {
+                    return Lookup::Miss;
+                }
                 if self.negative.len() >= NEGATIVE_MAX {
                     self.negative.clear();
                 }
