@@ -64,15 +64,6 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     ("process_virtual_memory_bytes", Kind::Gauge, "Virtual memory of the process."),
     ("process_threads", Kind::Gauge, "Threads of the process."),
     ("process_start_time_seconds", Kind::Gauge, "Start time of the process, seconds since the Unix epoch."),
-    ("lb_auth_paired_connections_total", Kind::Counter, "Client connections paired with a node connection (NTLM/Negotiate)."),
-    ("lb_rest_learned_total", Kind::Counter, "Tickets and sessions learned from the REST API listener, by kind (ticket, session)."),
-    ("lb_shared_store_up", Kind::Gauge, "Shared store reachable (1) or not (0); only with [sticky.shared]."),
-    ("lb_shared_store_lookups_total", Kind::Counter, "Store lookups of sessions and tickets unknown here, by result (hit, miss, unavailable)."),
-    ("lb_shared_store_writes_total", Kind::Counter, "Entries written to the shared store."),
-    ("lb_shared_store_dropped_writes_total", Kind::Counter, "Shared store writes lost, by reason (queue_full, store_error)."),
-    ("lb_shared_store_timeouts_total", Kind::Counter, "Shared store commands that timed out."),
-    ("lb_shared_store_errors_total", Kind::Counter, "Shared store commands that failed."),
-    ("lb_shared_store_queued_writes", Kind::Gauge, "Writes waiting in the shared store's queue."),
 ];
 
 /// The commit the binary was built from (set by the build script when it knows it).
@@ -132,6 +123,10 @@ mod tests {
         sources(&root.join("src"), &mut src);
         sources(&root.join("../lb-module-api/src"), &mut src);
         let names: Vec<&str> = CATALOG.iter().map(|c| c.0).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a metric named twice in CATALOG");
         for lit in src.split('"').skip(1).step_by(2) {
             let is_metric = lit.starts_with("lb_")
                 && lit.len() > 3
