@@ -299,20 +299,25 @@ async fn echo(
     let Some(s) = ws.as_mut() else { return };
     let text = format!("soak {i}");
     let ok = async {
-        s.send(Message::text(text.clone())).await.ok()?;
+        s.send(Message::text(text.clone()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
         match tokio::time::timeout(T, s.next()).await {
-            Ok(Some(Ok(m))) if m == Message::text(text.clone()) => Some(()),
-            _ => None,
+            Ok(Some(Ok(m))) if m == Message::text(text.clone()) => Ok(()),
+            Ok(Some(Ok(m))) => Err(format!("answered {m:?}")),
+            Ok(Some(Err(e))) => Err(format!("read: {e}")),
+            Ok(None) => Err("closed".to_string()),
+            Err(_) => Err(format!("no echo within {T:?}")),
         }
     }
     .await;
     match ok {
-        Some(()) => {
+        Ok(()) => {
             tally.ws_messages.fetch_add(1, Ordering::Relaxed);
         }
-        None => {
+        Err(why) => {
             if !explained {
-                tally.fail(format!("user {i}: websocket echo failed"));
+                tally.fail(format!("user {i}: websocket echo failed: {why}"));
             }
             *ws = None;
         }

@@ -30,9 +30,11 @@ async fn websockets_keep_their_connection_and_client_slot() {
     let (_ws1, _) = open_ws(&u, "/app/one").await;
     let (_ws2, _) = open_ws(&u, "/app/two").await;
     // The tunnel counts once both upgrades have completed, a moment after the 101.
-    wait_for(Duration::from_secs(5), "three connections and two tunnels", || {
-        lb.test_handle().open_connections() == 3 && lb.test_handle().open_tunnels() == 2
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "three connections and two tunnels",
+        || lb.test_handle().open_connections() == 3 && lb.test_handle().open_tunnels() == 2,
+    )
     .await;
     // A third connection from the same address is over the limit.
     let mut s = TcpStream::connect(lb.proxy_addr()).await.unwrap();
