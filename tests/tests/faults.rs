@@ -476,6 +476,11 @@ async fn garbage_and_truncated_answers() {
         .unwrap();
         let (raw, closed) = read_until_closed(&mut s, T).await;
         assert!(closed, "truncated response {k}: connection left open");
+        if raw.is_empty() {
+            // The node's close overtook the head on its way out: nothing was sent, the client
+            // sees a closed connection, which it cannot take as a complete response either.
+            continue;
+        }
         let text = String::from_utf8_lossy(&raw);
         let head_end = text.find("\r\n\r\n").expect("a response head") + 4;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
