@@ -63,6 +63,19 @@ async fn dump_dom(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_signs_in_through_the_identity_provider_on_the_node_that_started() {
+    // Under load Chromium's `--dump-dom` sometimes exits with an empty document, which says
+    // nothing either way: such a run is made again on a fresh cluster (at most three times).
+    for attempt in 1..=3 {
+        if sign_in_once().await {
+            return;
+        }
+        eprintln!("chromium printed no page (attempt {attempt})");
+    }
+    panic!("chromium printed no page in three attempts");
+}
+
+/// One sign-in; false when Chromium printed no page at all.
+async fn sign_in_once() -> bool {
     let idp = SimIdp::start(
         "127.0.0.1:0".parse().unwrap(),
         SimUser::new("CORP", "grace"),
@@ -79,6 +92,9 @@ async fn chromium_signs_in_through_the_identity_provider_on_the_node_that_starte
     let node = sim.node(1);
 
     let dom = dump_dom(&format!("http://{}/saml/hub/", node.addr())).await;
+    if dom.trim().is_empty() {
+        return false;
+    }
     assert!(dom.contains("ok node2"), "final page: {dom}");
     assert_eq!(idp.responses(), 1);
     let s = node.stats();
@@ -88,4 +104,5 @@ async fn chromium_signs_in_through_the_identity_provider_on_the_node_that_starte
     );
     let grace = SimUser::new("CORP", "grace");
     assert_eq!(sim.sessions_of(&grace), [("node2".to_string(), 1)]);
+    true
 }
