@@ -1,9 +1,9 @@
 //! Where log lines go, off the hot path.
 //!
 //! Every line (the access log included) is formatted by the thread that logs it and handed to
-//! a bounded queue; a writer thread of its own drains the queue to stderr (the default) or to
-//! `server.log_file`. A full queue never blocks a worker: the line is dropped and counted in
-//! `lb_log_lines_dropped_total`. The file is reopened at its path after SIGUSR1 ([`reopen`]),
+//! a bounded queue ([`queue`]: one buffer per core, drained in batches); a writer thread of
+//! its own writes them to stderr (the default) or to `server.log_file`. A full queue never
+//! blocks a worker: the line is dropped and counted in `lb_log_lines_dropped_total`. The file is reopened at its path after SIGUSR1 ([`reopen`]),
 //! so logrotate can rename it and signal. ANSI colours only when stderr is a terminal; no
 //! timestamp when stderr is the journal (it stamps every line itself).
 
@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod queue;
+
 use lb_config::LogFormat;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -247,7 +248,7 @@ impl From<&lb_config::Server> for Options {
 
 /// Keeps the writer thread; dropping it writes out what is queued (up to a second).
 pub struct Logging {
-    _worker: WorkerGuard,
+    _worker: queue::Worker,
 }
 
 /// Installs the process's log subscriber: `RUST_LOG` filters (default `info`), lines go
@@ -288,14 +289,9 @@ pub fn init(opts: &Options) -> io::Result<Logging> {
 }
 
 /// The bounded, lossy queue in front of `sink` and its writer thread.
-fn queue<W: Write + Send + 'static>(sink: W, lines: usize) -> (Queue, WorkerGuard) {
-    let (nb, worker) = NonBlockingBuilder::default()
-        .buffered_lines_limit(lines)
-        .lossy(true)
-        .thread_name("lb-log")
-        .finish(sink);
-    let dropped = nb.error_counter();
-    (Queue { nb, dropped }, worker)
+fn queue<W: Write + Send + 'static>(sink: W, lines: usize) -> (Queue, queue::Worker) {
+    let (q, worker) = queue::start(sink, lines);
+    (Queue(q), worker)
 }
 
 /// Asks the writer thread to reopen the log file at its path before its next line (SIGUSR1).
@@ -330,12 +326,9 @@ pub fn register_metric() {
     metrics::counter!(DROPPED_METRIC).increment(0);
 }
 
-/// The writer side of the queue: every line is one message; a full queue drops it.
+/// The logging side of the queue: every write is one line; a full queue drops it.
 #[derive(Clone)]
-struct Queue {
-    nb: NonBlocking,
-    dropped: ErrorCounter,
-}
+struct Queue(queue::Queue);
 
 impl<'a> MakeWriter<'a> for Queue {
     type Writer = Line<'a>;
@@ -350,17 +343,11 @@ struct Line<'a>(&'a Queue);
 
 impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let before = self.0.dropped.dropped_lines();
-        // `NonBlocking` writes through a shared reference to its channel; the clone is two
-        // reference counts.
-        let mut nb = self.0.nb.clone();
-        let n = nb.write(buf)?;
-        let after = self.0.dropped.dropped_lines();
-        if after != before {
+        if !self.0 .0.push(buf) {
             // Rare (the queue is full): the counter is looked up only then.
-            metrics::counter!(DROPPED_METRIC).absolute(after as u64);
+            metrics::counter!(DROPPED_METRIC).absolute(self.0 .0.dropped());
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -434,57 +421,6 @@ impl Write for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Condvar, Mutex};
-
-    /// A sink that blocks until released, as a stalled journald or a full pipe would.
-    #[derive(Clone, Default)]
-    struct Stalled(Arc<(Mutex<bool>, Condvar, Mutex<Vec<u8>>)>);
-
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let (open, cv, out) = &*self.0;
-            let mut g = open.lock().unwrap();
-            while !*g {
-                g = cv.wait(g).unwrap();
-            }
-            out.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_stalled_sink_never_blocks_the_logger_and_drops_are_counted() {
-        let sink = Stalled::default();
-        let (q, worker) = queue(sink.clone(), 64);
-        let start = std::time::Instant::now();
-        for i in 0..10_000 {
-            // One write per line, as the formatter does.
-            q.make_writer()
-                .write_all(format!("line {i}\n").as_bytes())
-                .unwrap();
-        }
-        // 10,000 lines against a writer that takes none: returns at once, most dropped.
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
-        let dropped = q.dropped.dropped_lines();
-        assert!(
-            (10_000 - 64 - 1..10_000).contains(&dropped),
-            "dropped {dropped}"
-        );
-        {
-            let (open, cv, _) = &*sink.0;
-            *open.lock().unwrap() = true;
-            cv.notify_all();
-        }
-        drop(q);
-        drop(worker);
-        let out = String::from_utf8(sink.0 .2.lock().unwrap().clone()).unwrap();
-        let kept = out.lines().count();
-        assert_eq!(kept + dropped, 10_000, "every line written or counted");
-        assert!(out.starts_with("line 0\n"), "{}", &out[..out.len().min(40)]);
-    }
 
     #[test]
     fn access_lines_are_formatted_like_the_other_lines() {
