@@ -101,8 +101,8 @@ impl Node {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub nodes: Vec<Node>,
-    by_id: HashMap<Arc<str>, NodePos>,
-    by_idx: HashMap<NodeIdx, NodePos>,
+    by_id: HashMap<Arc<str>, NodePos, foldhash::fast::RandomState>,
+    by_idx: HashMap<NodeIdx, NodePos, foldhash::fast::RandomState>,
     pub selector: Box<dyn Selector>,
     pub session_names: SessionCookieNames,
     pub route_key: RouteKey,

@@ -42,6 +42,15 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`. With `keep_upgrade` the `Upgrade`
 /// header stays and `Connection: upgrade` is set, for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One look at the names first: most messages carry none of these, and a removal costs a
+    // hash and a probe each.
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, UPGRADE_VALUE.clone());
+            headers.insert(header::UPGRADE, WEBSOCKET_VALUE.clone());
+        }
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         // Names other than the usual tokens are rare; collect them only when present.
         let mut named: Vec<HeaderName> = Vec::new();
@@ -90,6 +99,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// A header that never crosses a hop by name (`Connection` also names others).
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    *k == header::CONNECTION
+        || *k == KEEP_ALIVE
+        || *k == header::TE
+        || *k == header::TRAILER
+        || *k == header::TRANSFER_ENCODING
+        || *k == header::UPGRADE
+        || k.as_str().starts_with("proxy-")
 }
 
 /// Appends `value` to the comma-separated header `name` (one header line), or sets it.
@@ -141,11 +161,10 @@ pub fn rewrite(
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
     strip_listener_headers(snap, conn, &mut parts.headers);
-    if !conn.trusted {
+    if !conn.trusted && parts.headers.keys().any(is_claim) {
         parts.headers.remove(&X_FORWARDED_FOR);
         parts.headers.remove(&X_FORWARDED_PROTO);
         parts.headers.remove(&X_FORWARDED_HOST);
-        // The other ways of claiming a client address: not from an untrusted client.
         parts.headers.remove(header::FORWARDED);
         parts.headers.remove(&X_REAL_IP);
     }
@@ -169,10 +188,29 @@ pub fn rewrite(
     Request::from_parts(parts, body)
 }
 
+/// What an untrusted client may not claim about earlier hops (its address above all).
+fn is_claim(k: &HeaderName) -> bool {
+    *k == X_FORWARDED_FOR
+        || *k == X_FORWARDED_PROTO
+        || *k == X_FORWARDED_HOST
+        || *k == header::FORWARDED
+        || *k == X_REAL_IP
+}
+
 /// Header authentication hygiene: the listener's `strip_headers` go from every request, its
 /// `trusted_headers` from every request of a client outside `trusted_proxies`.
 fn strip_listener_headers(snap: &Snapshot, conn: &ConnInfo, headers: &mut HeaderMap) {
     let l = snap.config.listener_at(conn.listener);
+    let rest = l.role == lb_config::ListenerRole::RestApi;
+    let named = |k: &HeaderName| {
+        l.strip_headers.contains(k)
+            || (!conn.trusted && l.trusted_headers.contains(k))
+            || (rest && *k == super::rest::X_LB_NODE)
+    };
+    // Looked for first: a removal costs a hash and a probe, and most requests carry none.
+    if !headers.keys().any(named) {
+        return;
+    }
     for h in &l.strip_headers {
         headers.remove(h);
     }
@@ -181,41 +219,41 @@ fn strip_listener_headers(snap: &Snapshot, conn: &ConnInfo, headers: &mut Header
             headers.remove(h);
         }
     }
-    if l.role == lb_config::ListenerRole::RestApi {
+    if rest {
         headers.remove(&super::rest::X_LB_NODE);
     }
 }
 
 /// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never
-/// sees it. Only a header line that carries it is rebuilt; the others pass untouched.
+/// sees it. Only a header line that carries it changes (that pair goes, the rest stays byte for
+/// byte); a line left empty goes.
 pub fn strip_route_cookie(route_cookie: &[u8], headers: &mut HeaderMap) {
-    let carries = |v: &HeaderValue| cookie::pairs(v.as_bytes()).any(|(n, _)| *n == *route_cookie);
-    if !headers.get_all(header::COOKIE).iter().any(carries) {
-        return;
-    }
+    let mut changed = false;
     let mut lines: Vec<HeaderValue> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
-        if !carries(v) {
-            lines.push(v.clone());
-            continue;
-        }
-        let mut kept: Vec<u8> = Vec::new();
-        for (name, value) in cookie::pairs(v.as_bytes()) {
-            if *name == *route_cookie {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(name);
-            kept.push(b'=');
-            kept.extend_from_slice(value);
-        }
-        if let Ok(v) = HeaderValue::from_bytes(&kept) {
-            if !kept.is_empty() {
-                lines.push(v);
+        match cookie::without(v.as_bytes(), route_cookie) {
+            None => lines.push(v.clone()),
+            Some(kept) => {
+                changed = true;
+                if kept.is_empty() {
+                    continue;
+                }
+                // The bytes of a valid value, fewer of them: still valid.
+                if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
+                    lines.push(v);
+                }
             }
         }
+    }
+    if !changed {
+        return;
+    }
+    if lines.len() == 1 {
+        // The usual case (one line): replaced where it is.
+        if let Some(v) = lines.pop() {
+            headers.insert(header::COOKIE, v);
+        }
+        return;
     }
     headers.remove(header::COOKIE);
     for v in lines {

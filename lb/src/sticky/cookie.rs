@@ -4,17 +4,61 @@
 
 /// The `name=value` pairs of one `Cookie` header value, in order.
 pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    header.split(|&b| b == b';').filter_map(|part| {
-        let part = trim(part);
-        let eq = part.iter().position(|&b| b == b'=')?;
-        let name = trim(&part[..eq]);
-        let value = strip_quotes(trim(&part[eq + 1..]));
-        if name.is_empty() {
-            None
-        } else {
-            Some((name, value))
+    segments(header).filter_map(pair)
+}
+
+/// The `;`-separated parts of a `Cookie` header value, untrimmed.
+fn segments(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b';', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
         }
     })
+}
+
+/// One part's name and value (both trimmed, the value without its quotes); `None` without an
+/// `=` or a name.
+fn pair(part: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = memchr::memchr(b'=', part)?;
+    let name = trim(&part[..eq]);
+    if name.is_empty() {
+        return None;
+    }
+    Some((name, strip_quotes(trim(&part[eq + 1..]))))
+}
+
+/// The `Cookie` header value without its `name` pairs, the other parts byte for byte as they
+/// were; `None` when it has no such pair. `Some` of an empty value when nothing else is left.
+pub fn without(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let named = |part: &[u8]| pair(part).is_some_and(|(n, _)| n == name);
+    if !segments(header).any(named) {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(header.len());
+    for part in segments(header).filter(|p| !named(p)) {
+        if trim(part).is_empty() {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push(b';');
+        }
+        kept.extend_from_slice(part);
+    }
+    let start = kept
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(kept.len());
+    kept.drain(..start);
+    Some(kept)
 }
 
 /// What a `Set-Cookie` header says: its name, value, and whether it removes the cookie
@@ -117,6 +161,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pair_is_removed_and_the_rest_kept_as_it_was() {
+        let w = |h: &str| without(h.as_bytes(), b"R").map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(w("R=1; a=1").as_deref(), Some("a=1"));
+        assert_eq!(w("a=1; R=1").as_deref(), Some("a=1"));
+        assert_eq!(
+            w("a=\"x y\"; R=1;b=2 ; c").as_deref(),
+            Some("a=\"x y\";b=2 ; c")
+        );
+        assert_eq!(w(" R = 1 ;R=2").as_deref(), Some(""));
+        assert_eq!(w("a=1; XR=1; R2=1; b=R=1"), None);
+        assert_eq!(w(""), None);
+        assert_eq!(w("a=1;;R=1;; b=2").as_deref(), Some("a=1; b=2"));
+    }
+
+    #[test]
     fn cookie_pairs_are_tolerant() {
         let v: Vec<_> = pairs(b"a=1; X-Qlik-Session=abc ;;junk; =x; b=\"q\"; c=").collect();
         assert_eq!(
@@ -129,6 +188,8 @@ mod tests {
             ]
         );
         assert_eq!(pairs(b"").count(), 0);
+        assert_eq!(pairs(b"a").count(), 0);
+        assert_eq!(pairs(b";;").count(), 0);
         assert_eq!(pairs(&[0xff, 0xfe, b';', b'=']).count(), 0);
     }
 

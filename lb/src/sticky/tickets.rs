@@ -13,14 +13,14 @@ use crate::clock;
 /// Learned tickets, bounded (the oldest go first past the bound).
 #[derive(Debug)]
 pub struct Tickets {
-    map: DashMap<SessionKey, (u32, u64)>,
+    map: DashMap<SessionKey, (u32, u64), foldhash::fast::RandomState>,
     max: usize,
 }
 
 impl Tickets {
     pub fn new(max: usize) -> Tickets {
         Tickets {
-            map: DashMap::new(),
+            map: DashMap::default(),
             max,
         }
     }
