@@ -108,6 +108,7 @@ pub async fn sweeper(state: Arc<State>) {
     let expirations = metrics::counter!("lb_sticky_expirations_total");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_full = tokio::time::Instant::now();
+    let mut last_pools = tokio::time::Instant::now();
     // Nodes removed by a reload whose tunnels were closed at their drain deadline.
     let mut retired = HashSet::new();
     loop {
@@ -124,9 +125,25 @@ pub async fn sweeper(state: Arc<State>) {
             state.tickets.sweep();
         }
         size.set(state.sticky.len() as f64);
+        if last_pools.elapsed() >= Duration::from_millis(950) {
+            last_pools = tokio::time::Instant::now();
+            sweep_pools(&state);
+        }
         close_retired_tunnels(&state, &mut retired);
         sync_saturation(&state);
         state.metrics.run_upkeep();
+    }
+}
+
+/// Each node pool's idle connections: closed by the node, too old, or not needed (see
+/// [`Pool::sweep`](crate::upstream::pool::Pool::sweep)).
+fn sweep_pools(state: &State) {
+    let snap = state.snapshot.load();
+    for n in &snap.nodes {
+        n.pool.sweep();
+        for p in &n.ports {
+            p.sweep();
+        }
     }
 }
 

@@ -63,6 +63,13 @@ impl<'a> TestHandle<'a> {
             .count()
     }
 
+    /// Idle connections in node `id`'s pool behind the users' listener (0 for an unknown node).
+    pub fn idle_node_connections(&self, id: &str) -> usize {
+        let snap = self.state.snapshot.load();
+        snap.pos_of_id(id)
+            .map_or(0, |pos| snap.node(pos).pool.idle_count())
+    }
+
     /// Every engine's telemetry status, sorted by node id.
     pub fn engines(&self) -> Vec<(String, EngineStatus)> {
         self.state.telemetry.all()

@@ -1,6 +1,10 @@
 //! Connections to one node: a small LIFO pool of HTTP/1.1 connections (hyper's `SendRequest`
 //! handles), each driven by its own task.
 //!
+//! [`Pool::sweep`] runs each second: it closes the idle connections that the node closed or
+//! that are idle longer than `pool_idle_timeout`, and half of those that no request needed
+//! since the last sweep, so that resident memory and node sockets follow a burst down.
+//!
 //! A connection goes back to the pool when the response body it carried has been read to its
 //! end; a body dropped half way, an upgraded connection or one in an unknown state is not
 //! reused. A request that hyper could not send (a pooled connection that the node had just
@@ -54,10 +58,17 @@ pub type Answer = (
 
 /// Idle connections of one node.
 pub struct Pool {
-    idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
+    idle: Mutex<Idle>,
     max_idle: usize,
     idle_timeout: Duration,
     connect: NodeConnector,
+}
+
+/// The idle connections, oldest first, and the fewest there were since the last sweep.
+#[derive(Default)]
+struct Idle {
+    conns: Vec<(SendRequest<UpBody>, Instant)>,
+    low: usize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -71,7 +82,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub fn new(connect: NodeConnector, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
             max_idle,
             idle_timeout,
             connect,
@@ -81,11 +92,13 @@ impl Pool {
     /// An idle connection that is still open and fresh enough, newest first.
     fn checkout(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((s, since)) = idle.pop() {
+        while let Some((s, since)) = idle.conns.pop() {
             if !s.is_closed() && since.elapsed() < self.idle_timeout {
+                idle.low = idle.low.min(idle.conns.len());
                 return Some(s);
             }
         }
+        idle.low = 0;
         None
     }
 
@@ -94,9 +107,33 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((s, Instant::now()));
+        if idle.conns.len() < self.max_idle {
+            idle.conns.push((s, Instant::now()));
         }
+    }
+
+    /// Idle connections: how many.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conns
+            .len()
+    }
+
+    /// Run each second: closes the idle connections that the node closed or that are idle
+    /// longer than `pool_idle_timeout`, and half (rounded up) of those that no request needed
+    /// since the last sweep (the fewest idle at any moment), oldest first. A steady load keeps
+    /// what it uses; after a burst the surplus halves each second.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = self.idle_timeout;
+        idle.conns
+            .retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+        let surplus = idle.low.min(idle.conns.len()).div_ceil(2);
+        // Dropping a handle ends its connection's task, which closes the connection.
+        idle.conns.drain(..surplus);
+        idle.low = idle.conns.len();
     }
 
     /// Back to the pool once the response has ended, but only when the request body has ended
