@@ -197,7 +197,17 @@ pub async fn splice(
         (Side::Tcp(c, cpre), Side::Tcp(n, npre)) => {
             tcp::splice_tcp(c, cpre, n, npre, timeouts, &closing, counts).await
         }
-        (c, n) => generic::splice_generic(c.boxed(), n.boxed(), timeouts, &closing, counts).await,
+        // TLS on a side: its own (larger) future on the heap, so the plain splice's stays small.
+        (c, n) => {
+            Box::pin(generic::splice_generic(
+                c.boxed(),
+                n.boxed(),
+                timeouts,
+                &closing,
+                counts,
+            ))
+            .await
+        }
     }
 }
 

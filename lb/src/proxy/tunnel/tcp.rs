@@ -230,24 +230,36 @@ async fn write_all(
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(n) => data = &data[n..],
+            // The peer is not reading: the wait (and its timers) lives on the heap, so that
+            // every idle tunnel's future stays small.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    r = tokio::time::timeout(stall, dst.writable()) => match r {
-                        Ok(Ok(())) => {}
-                        _ => return Err(WriteEnd::Failed),
-                    },
-                    _ = closing.cancelled() => {
-                        let finished = tokio::time::timeout(CLOSE_GRACE, write_rest(dst, data))
-                            .await
-                            .is_ok_and(|r| r.is_ok());
-                        return Err(WriteEnd::Closing { finished });
-                    }
-                }
+                Box::pin(wait_writable(dst, data, stall, closing)).await?
             }
             Err(_) => return Err(WriteEnd::Failed),
         }
     }
     Ok(())
+}
+
+/// Waits until `dst` takes bytes again, at most `stall`; a close cuts through.
+async fn wait_writable(
+    dst: &TcpStream,
+    data: &[u8],
+    stall: Duration,
+    closing: &Closing<'_>,
+) -> Result<(), WriteEnd> {
+    tokio::select! {
+        r = tokio::time::timeout(stall, dst.writable()) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteEnd::Failed),
+        },
+        _ = closing.cancelled() => {
+            let finished = tokio::time::timeout(CLOSE_GRACE, write_rest(dst, data))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            Err(WriteEnd::Closing { finished })
+        }
+    }
 }
 
 /// The rest of a write, with no bound of its own.
