@@ -175,7 +175,14 @@ impl WriteEnd {
     }
 }
 
-/// Moves what `src` has ready to `dst`, until `src` would block.
+thread_local! {
+    /// Each thread's transfer buffer: bytes pass through it without an allocation, and an
+    /// idle tunnel holds none.
+    static BUF_OF_THREAD: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; BUF]);
+}
+
+/// Moves what `src` has ready to `dst`, until `src` would block. Bytes go through the
+/// thread's buffer; only what `dst` does not take at once is copied, to wait on the heap.
 async fn transfer(
     src: &TcpStream,
     dst: &TcpStream,
@@ -183,38 +190,67 @@ async fn transfer(
     stall: Duration,
     closing: &Closing<'_>,
 ) -> Moved {
-    let mut buf = Vec::with_capacity(BUF);
     let mut moved = 0u64;
     loop {
-        buf.clear();
-        match src.try_read_buf(&mut buf) {
-            Ok(0) => {
+        let step = BUF_OF_THREAD.with_borrow_mut(|buf| {
+            let n = read_some(src, buf)?;
+            if let Some(f) = frames.as_deref_mut() {
+                f.feed(&buf[..n]);
+            }
+            let mut off = 0;
+            while off < n {
+                match dst.try_write(&buf[off..n]) {
+                    Ok(w) => off += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok((n, Some(buf[off..n].to_vec())))
+                    }
+                    // Not a `WouldBlock`: ends the tunnel like a read error.
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((n, None))
+        });
+        match step {
+            Ok((0, _)) => {
                 return if moved > 0 {
                     Moved::Some(moved)
                 } else {
                     Moved::Eof
                 }
             }
-            Ok(n) => {
-                if let Some(f) = frames.as_deref_mut() {
-                    f.feed(&buf[..n]);
-                }
-                match write_all(dst, &buf[..n], stall, closing).await {
+            Ok((n, None)) => moved += n as u64,
+            Ok((n, Some(rest))) => {
+                match write_all(dst, &rest, stall, closing).await {
                     Ok(()) => {}
                     Err(WriteEnd::Failed) => return Moved::Failed,
                     Err(WriteEnd::Closing { finished }) => return Moved::Closing { finished },
                 }
                 moved += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return if moved > 0 {
-                    Moved::Some(moved)
-                } else {
-                    Moved::Some(0)
-                };
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Moved::Some(moved),
             Err(_) => return Moved::Failed,
         }
+    }
+}
+
+/// One read. A read that does not fill `buf` drained the socket: it also clears the socket's
+/// readiness (edge-triggered, the next bytes raise it again; tokio's readiness ticks keep a
+/// raise between the read and the clear), so the next read does not cost a system call that
+/// finds nothing.
+fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let r = src.try_io(tokio::io::Interest::READABLE, || {
+        let n = src.try_read(buf)?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
     }
 }
 
