@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 COLORS = {
     "ours": "#1f77b4",
     "ours-nolog": "#9ecae1",
+    "ours-1w": "#6baed6",
     "haproxy": "#ff7f0e",
     "nginx": "#2ca02c",
     "haproxy-stick": "#d62728",
@@ -103,7 +104,8 @@ def main():
     ]
     lx = width - MARGIN
     for b in reversed(summary["balancers"]):
-        label = {"ours": "lb defaults", "ours-nolog": "lb, access_log off"}.get(b, b)
+        label = {"ours": "lb defaults", "ours-nolog": "lb, access_log off",
+                 "ours-1w": "lb, worker_threads = 1"}.get(b, b)
         w = 18 + 7 * len(label)
         lx -= w + 10
         parts.append(f'<rect x="{lx}" y="56" width="12" height="12" '

@@ -77,6 +77,14 @@ impl Meters {
         }
     }
 
+    /// Gives back the table's room once most tunnels have closed (a burst's 10,000 slots are
+    /// a few hundred KiB). Run by the sweeper.
+    pub fn shrink(&self) {
+        if self.open.capacity() > 4 * self.open.len() + 256 {
+            self.open.shrink_to_fit();
+        }
+    }
+
     /// Reports what every open tunnel moved since the last collection. Each shard is read
     /// under its lock, so a tunnel closing meanwhile reports only the rest.
     pub fn collect(&self) {

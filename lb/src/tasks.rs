@@ -128,6 +128,7 @@ pub async fn sweeper(state: Arc<State>) {
         if last_pools.elapsed() >= Duration::from_millis(950) {
             last_pools = tokio::time::Instant::now();
             sweep_pools(&state);
+            state.ws_meters.shrink();
         }
         close_retired_tunnels(&state, &mut retired);
         sync_saturation(&state);
