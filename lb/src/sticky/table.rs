@@ -14,14 +14,16 @@ use crate::clock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionKey {
-    Guid(u128),
+    /// A GUID's 128 bits as two words: aligned to 8 bytes, not 16, so a key is 24 bytes and a
+    /// table slot 40 (48 with a `u128`).
+    Guid([u64; 2]),
     Text(Box<[u8]>),
 }
 
 impl SessionKey {
     pub fn from_value(v: &[u8]) -> SessionKey {
         match parse_guid(v) {
-            Some(g) => SessionKey::Guid(g),
+            Some(g) => SessionKey::Guid([(g >> 64) as u64, g as u64]),
             None => SessionKey::Text(v.into()),
         }
     }
@@ -55,7 +57,7 @@ struct Entry {
     node: u32,
     last_seen: AtomicU32,
     /// When the entry was last written to the shared store (learned, or refreshed there). Fits
-    /// in the padding of the map's slot: a GUID key aligns it to 16 bytes.
+    /// in the padding of the map's slot (24 bytes of key, 12 of entry, aligned to 8).
     stored: AtomicU32,
 }
 

@@ -484,8 +484,8 @@ fn is_auth_error(e: &redis::RedisError) -> bool {
 pub fn session_value(key: &SessionKey) -> Vec<u8> {
     match key {
         SessionKey::Text(t) => t.to_vec(),
-        SessionKey::Guid(g) => {
-            let h = format!("{g:032x}");
+        SessionKey::Guid([hi, lo]) => {
+            let h = format!("{hi:016x}{lo:016x}");
             format!(
                 "{}-{}-{}-{}-{}",
                 &h[0..8],
