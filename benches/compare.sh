@@ -10,8 +10,8 @@
 #               generator and the nodes share; shown beside it)
 #   haproxy     at 1 and 2 threads; haproxy-stick (stick table on the Qlik cookie) for churn
 #   nginx       at 1 and 2 workers
-# HTTP: interleaved rounds (every balancer once per round, so that outside load hits all
-# alike); the figures are the medians. Then churn and ws-echo once per balancer, and ws-idle
+# HTTP and WebSocket echo: interleaved rounds (every balancer once per round, so that outside
+# load hits all alike); the figures are the medians. Then churn once per balancer, and ws-idle
 # from a freshly started process of each (its memory per idle WebSocket, and 5 s after they
 # all closed). Results: benches/out/<balancer>-t<threads>-<scenario>.json (t0 = lb's default
 # thread count), benches/out/rounds/, benches/out/summary.json, a table, benches/results.svg.
@@ -199,24 +199,21 @@ run_scenario() { # balancer threads scenario [json]
 CONFIGS="haproxy:1 haproxy:2 nginx:1 nginx:2"
 [ "$HAVE_LB" = 1 ] && CONFIGS="ours:0 ours-nolog:0 ours-1w:1 $CONFIGS"
 
-# HTTP: interleaved rounds, medians taken by summarize.py.
+# HTTP and echo: interleaved rounds, medians taken by summarize.py.
 for r in $(seq 1 "$ROUNDS"); do
     for c in $CONFIGS; do
         b=${c%%:*} t=${c##*:}
         start_balancer "$b" "$t" || continue
         run_scenario "$b" "$t" http "$OUT/rounds/$b-t$t-http-r$r.json"
+        run_scenario "$b" "$t" ws-echo "$OUT/rounds/$b-t$t-ws-echo-r$r.json"
         stop_balancer
     done
 done
 
-# Churn and WebSocket echo once each; idle WebSockets from a fresh process.
+# Churn once each; idle WebSockets from a fresh process.
 for c in $CONFIGS haproxy-stick:1 haproxy-stick:2; do
     b=${c%%:*} t=${c##*:}
-    if [ "$b" = haproxy-stick ]; then
-        scenarios="churn"           # the cost of learning every new session
-    else
-        scenarios="churn ws-echo"
-    fi
+    scenarios="churn"   # for haproxy-stick: the cost of learning every new session
     if start_balancer "$b" "$t"; then
         for s in $scenarios; do
             run_scenario "$b" "$t" "$s"

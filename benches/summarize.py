@@ -116,22 +116,25 @@ def main():
     # Interleaved HTTP rounds: the median of each figure stands for the balancer.
     rounds = {}
     rdir = os.path.join(out_dir, "rounds")
-    rpat = re.compile(r"^(?P<b>[a-z0-9-]+?)-t(?P<t>\d+)-http-r(?P<r>\d+)\.json$")
+    rpat = re.compile(r"^(?P<b>[a-z0-9-]+?)-t(?P<t>\d+)-(?P<s>http|ws-echo)-r(?P<r>\d+)\.json$")
     for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
         m = rpat.match(name)
         if m:
             with open(os.path.join(rdir, name)) as f:
-                rounds.setdefault((m["b"], int(m["t"])), []).append(json.load(f))
-    for (b, t), reps in rounds.items():
+                rounds.setdefault((m["b"], int(m["t"]), m["s"]), []).append(json.load(f))
+    for (b, t, s), reps in rounds.items():
+        # The rate and the latency field of each scenario.
+        rate, field = ("requests_per_sec", "http_latency") if s == "http" \
+            else ("messages_per_sec", "ws_latency")
         med = dict(reps[0])
-        med["requests_per_sec"] = statistics.median(r["requests_per_sec"] for r in reps)
-        p99s = [lat(r, "http_latency", "p99_us") for r in reps]
+        med[rate] = statistics.median(r[rate] for r in reps)
+        p99s = [lat(r, field, "p99_us") for r in reps]
         p99s = [p for p in p99s if p is not None]
-        med["http_latency"] = {"p99_us": statistics.median(p99s) * 1000.0} if p99s else None
+        med[field] = {"p99_us": statistics.median(p99s) * 1000.0} if p99s else None
         med["errors"] = sum(r.get("errors", 0) for r in reps)
         med["violations"] = sum(r.get("violations", 0) for r in reps)
-        med["rounds_rps"] = [r["requests_per_sec"] for r in reps]
-        runs[(b, t, "http")] = med
+        med["rounds_rate"] = [r[rate] for r in reps]
+        runs[(b, t, s)] = med
 
     balancers = [b for b in ORDER if any(k[0] == b for k in runs)]
     threads = sorted({k[1] for k in runs})
@@ -145,8 +148,8 @@ def main():
                 except (KeyError, TypeError, ZeroDivisionError):
                     v = None
                 results[b][str(t)][key] = None if v is None else round(float(v), 3)
-        if s == "http" and "rounds_rps" in r:
-            results[b][str(t)]["http_rounds_rps"] = r["rounds_rps"]
+        if "rounds_rate" in r:
+            results[b][str(t)][f"{s.replace('-', '_')}_rounds"] = r["rounds_rate"]
         if r.get("errors") or r.get("violations"):
             problems.append({"balancer": b, "threads": t, "scenario": s,
                              "errors": r.get("errors"), "violations": r.get("violations"),
