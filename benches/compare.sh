@@ -111,6 +111,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A simulator left over from an earlier run would be measured instead of ours (and carry its
+# sessions): the ports must be free.
+for p in 19100 19101 19102; do
+    if port_open "$p"; then
+        echo "127.0.0.1:$p is in use (a simulator still running?); stop it first" >&2
+        exit 1
+    fi
+done
 "$LBB" sim --nodes 3 --base-port 19100 --threads 1 >"$OUT/sim.log" 2>&1 &
 SIM_PID=$!
 for p in 19100 19101 19102; do
