@@ -26,11 +26,9 @@ pub async fn watch_config(state: Arc<State>, path: PathBuf) {
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
             if let Ok(events) = res {
-                let hit = events.iter().any(|e| {
-                    e.paths
-                        .iter()
-                        .any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
-                });
+                let hit = events
+                    .iter()
+                    .any(|e| touches_file(&e.event, file_name.as_deref()));
                 if hit {
                     let _ = tx.send(());
                 }
@@ -71,6 +69,23 @@ pub async fn watch_config(state: Arc<State>, path: PathBuf) {
             last = Some(now);
         }
     }
+}
+
+/// True when `event` may have changed the file named `file_name` in the watched folder. Opening
+/// and reading it does not: the watcher's own reads would otherwise trigger the next read,
+/// forever.
+fn touches_file(
+    event: &notify_debouncer_full::notify::Event,
+    file_name: Option<&std::ffi::OsStr>,
+) -> bool {
+    use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
+    let change = match event.kind {
+        // Closed after writing: a change, though its writes were reported already.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    change && event.paths.iter().any(|p| p.file_name() == file_name)
 }
 
 /// How long a changed file must stay the same before it is applied.
@@ -184,5 +199,50 @@ fn close_retired_tunnels(state: &State, retired: &mut HashSet<NodeIdx>) {
                 retired.remove(&n.state.idx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::touches_file;
+    use notify_debouncer_full::notify::event::{AccessKind, CreateKind, ModifyKind, RenameMode};
+    use notify_debouncer_full::notify::{Event, EventKind};
+    use std::ffi::OsStr;
+
+    fn ev(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn only_changes_of_the_config_file_count() {
+        let name = Some(OsStr::new("lb.toml"));
+        for kind in [
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(notify_debouncer_full::notify::event::RemoveKind::File),
+            EventKind::Access(AccessKind::Close(
+                notify_debouncer_full::notify::event::AccessMode::Write,
+            )),
+        ] {
+            assert!(touches_file(&ev(kind, "/etc/lb/lb.toml"), name), "{kind:?}");
+        }
+        // Reading the file (what the watcher itself does) and other files are no reason.
+        for kind in [
+            EventKind::Access(AccessKind::Any),
+            EventKind::Access(AccessKind::Open(
+                notify_debouncer_full::notify::event::AccessMode::Any,
+            )),
+            EventKind::Access(AccessKind::Close(
+                notify_debouncer_full::notify::event::AccessMode::Read,
+            )),
+        ] {
+            assert!(
+                !touches_file(&ev(kind, "/etc/lb/lb.toml"), name),
+                "{kind:?}"
+            );
+        }
+        let m = EventKind::Modify(ModifyKind::Any);
+        assert!(!touches_file(&ev(m, "/etc/lb/access.log"), name));
     }
 }

@@ -115,11 +115,17 @@ fn drain(inner: &Inner, sink: &mut dyn Write) {
         // Nothing came in a whole interval: sleep until a line does. The flag is set before
         // the last look, and a logger reads it after its line is in, so one of the two sees
         // the other (and an unpark before the park is kept).
+        // The buffers a burst grew are given back first: a buffer kept through the pause would
+        // hold on to the allocator page it came from, which the burst's other blocks filled.
         inner.sleeping.store(true, Ordering::SeqCst);
-        let empty = inner
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap_or_else(|e| e.into_inner()).buf.is_empty());
+        spare = Vec::new();
+        let empty = inner.shards.iter().all(|s| {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            if s.buf.is_empty() {
+                s.buf = Vec::new();
+            }
+            s.buf.is_empty()
+        });
         if empty && !inner.stop.load(Ordering::SeqCst) {
             thread::park();
         }

@@ -134,6 +134,11 @@ impl Pool {
         // Dropping a handle ends its connection's task, which closes the connection.
         idle.conns.drain(..surplus);
         idle.low = idle.conns.len();
+        // The list a burst grew is given back once it is mostly empty: kept, it would hold on
+        // to the allocator page it came from.
+        if idle.conns.capacity() > 4 * idle.conns.len().max(4) {
+            idle.conns.shrink_to_fit();
+        }
     }
 
     /// Back to the pool once the response has ended, but only when the request body has ended

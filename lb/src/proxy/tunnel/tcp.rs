@@ -177,8 +177,10 @@ impl WriteEnd {
 
 thread_local! {
     /// Each thread's transfer buffer: bytes pass through it without an allocation, and an
-    /// idle tunnel holds none.
-    static BUF_OF_THREAD: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; BUF]);
+    /// idle tunnel holds none. In the thread's own storage, not on the heap: a heap block made
+    /// during a burst would keep the allocator page it shares with the burst's connections.
+    static BUF_OF_THREAD: std::cell::RefCell<[u8; BUF]> =
+        const { std::cell::RefCell::new([0; BUF]) };
 }
 
 /// Moves what `src` has ready to `dst`, until `src` would block. Bytes go through the
