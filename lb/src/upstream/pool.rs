@@ -14,7 +14,9 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -67,7 +69,8 @@ pub struct Pool {
 /// The idle connections, oldest first, and the fewest there were since the last sweep.
 #[derive(Default)]
 struct Idle {
-    conns: Vec<(SendRequest<UpBody>, Instant)>,
+    /// Each with the clock millisecond ([`clock::now_ms`]) it came back.
+    conns: Vec<(SendRequest<UpBody>, u64)>,
     low: usize,
 }
 
@@ -92,8 +95,10 @@ impl Pool {
     /// An idle connection that is still open and fresh enough, newest first.
     fn checkout(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = clock::now_ms();
+        let timeout = self.idle_timeout.as_millis() as u64;
         while let Some((s, since)) = idle.conns.pop() {
-            if !s.is_closed() && since.elapsed() < self.idle_timeout {
+            if !s.is_closed() && now.saturating_sub(since) < timeout {
                 idle.low = idle.low.min(idle.conns.len());
                 return Some(s);
             }
@@ -108,7 +113,7 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.conns.len() < self.max_idle {
-            idle.conns.push((s, Instant::now()));
+            idle.conns.push((s, clock::now_ms()));
         }
     }
 
@@ -127,9 +132,10 @@ impl Pool {
     /// what it uses; after a burst the surplus halves each second.
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let timeout = self.idle_timeout;
+        let now = clock::now_ms();
+        let timeout = self.idle_timeout.as_millis() as u64;
         idle.conns
-            .retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+            .retain(|(s, since)| !s.is_closed() && now.saturating_sub(*since) < timeout);
         let surplus = idle.low.min(idle.conns.len()).div_ceil(2);
         // Dropping a handle ends its connection's task, which closes the connection.
         idle.conns.drain(..surplus);
