@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod clock;
 pub mod drain;
+pub mod durations;
 mod health;
 mod limits;
 mod listen;

@@ -72,9 +72,22 @@ pub const COMMIT: &str = match option_env!("LB_GIT_COMMIT") {
     None => "unknown",
 };
 
-/// Describes every metric of [`CATALOG`] to the installed recorder and sets `lb_build_info`.
+/// The request duration histogram, rendered apart from the recorder's metrics
+/// (by the proxy's own histograms).
+pub const REQUEST_DURATION: &str = "lb_request_duration_seconds";
+
+/// The HELP text of metric `name`.
+pub fn help_of(name: &str) -> Option<&'static str> {
+    CATALOG.iter().find(|c| c.0 == name).map(|c| c.2)
+}
+
+/// Describes every metric of [`CATALOG`] to the installed recorder and sets `lb_build_info`
+/// (but [`REQUEST_DURATION`], which is rendered apart).
 pub fn describe() {
     for &(name, kind, help) in CATALOG {
+        if name == REQUEST_DURATION {
+            continue;
+        }
         let unit = if name.ends_with("_seconds") {
             Some(Unit::Seconds)
         } else if name.ends_with("_bytes") || name.ends_with("_bytes_total") {

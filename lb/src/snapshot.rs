@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use lb_config::{BalanceStrategy, Config};
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 
 use crate::clock;
 use crate::sticky::{Decision, RouteKey, SessionCookieNames};
@@ -58,7 +58,7 @@ pub struct Node {
 #[derive(Debug)]
 pub struct NodeMetrics {
     pub requests: [Counter; 5],
-    pub duration: Histogram,
+    pub duration: Arc<crate::durations::Histogram>,
     pub decisions: [Counter; 4],
 }
 
@@ -69,7 +69,7 @@ impl NodeMetrics {
             requests: CLASSES.map(|c| {
                 metrics::counter!("lb_requests_total", "node" => node.clone(), "class" => c)
             }),
-            duration: metrics::histogram!("lb_request_duration_seconds", "node" => node.clone()),
+            duration: crate::durations::of_node(id),
             decisions: Decision::ALL.map(|d| {
                 metrics::counter!("lb_sticky_decisions_total", "node" => node.clone(), "decision" => d.as_str())
             }),

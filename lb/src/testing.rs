@@ -38,7 +38,7 @@ impl<'a> TestHandle<'a> {
 
     /// The Prometheus text of this process's metrics.
     pub fn metrics_text(&self) -> String {
-        self.state.metrics.render()
+        crate::durations::render(&self.state.metrics)
     }
 
     /// Whether the sticky table holds a live pin for session cookie value `value`.

@@ -389,7 +389,7 @@ async fn get_metrics(Extract(app): AppState) -> Response {
     let a = app.clone();
     let body = tokio::task::spawn_blocking(move || {
         collect::collect(&a.ctx.state);
-        a.ctx.metrics.render()
+        crate::durations::render(&a.ctx.metrics)
     })
     .await
     .unwrap_or_else(|e| format!("# collecting the metrics failed: {e}\n"));

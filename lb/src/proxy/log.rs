@@ -31,7 +31,7 @@ pub fn record(
         Some(pos) => {
             let metrics = &snap.node(pos).metrics;
             metrics.requests[class].increment(1);
-            metrics.duration.record(elapsed.as_secs_f64());
+            metrics.duration.record(elapsed);
             if let Some(d) = served.decision {
                 metrics.decisions[d.index()].increment(1);
             }
