@@ -255,6 +255,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_gives_the_grown_buffers_back() {
+        let sink = Held::open();
+        let (q, worker) = start(sink.clone(), 100_000);
+        let line = [b'x'; 200];
+        for _ in 0..2_000 {
+            assert!(q.push(&line));
+        }
+        let t0 = Instant::now();
+        loop {
+            let held: usize =
+                q.0.shards
+                    .iter()
+                    .map(|s| s.lock().unwrap().buf.capacity())
+                    .sum();
+            if held == 0 && sink.text().len() == 2_000 * 200 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "buffers still hold {held} bytes after the pause"
+            );
+            thread::sleep(INTERVAL);
+        }
+        drop(q);
+        drop(worker);
+    }
+
+    #[test]
     fn lines_reach_the_sink_soon_after_a_pause_and_in_order() {
         let sink = Held::open();
         let (q, worker) = start(sink.clone(), 16_384);
