@@ -21,9 +21,11 @@ pub async fn watch_config(state: Arc<State>, path: PathBuf) {
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
     let file_name = path.file_name().map(|f| f.to_os_string());
+    // Its thread looks for settled events once per debounce period (by default four times
+    // per period: twenty wake-ups a second of an idle balancer).
     let debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(200),
-        None,
+        Some(Duration::from_millis(200)),
         move |res: notify_debouncer_full::DebounceEventResult| {
             if let Ok(events) = res {
                 let hit = events
