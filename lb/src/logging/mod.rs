@@ -8,7 +8,6 @@
 //! timestamp when stderr is the journal (it stamps every line itself).
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -60,82 +59,83 @@ pub fn access(line: &AccessLine<'_>) -> bool {
         return false;
     };
     thread_local! {
-        static BUF: RefCell<String> = RefCell::new(String::with_capacity(256));
+        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
     }
     BUF.with(|b| {
         let mut s = b.borrow_mut();
         s.clear();
         format_access(&mut s, line, d.json, d.time.then(SystemTime::now));
-        let _ = d.queue.make_writer().write(s.as_bytes());
+        let _ = d.queue.make_writer().write(&s);
     });
     true
 }
 
-fn format_access(s: &mut String, l: &AccessLine<'_>, json: bool, at: Option<SystemTime>) {
+/// The line's bytes (UTF-8: every piece is a `str` or ASCII), appended whole slices at a time.
+fn format_access(s: &mut Vec<u8>, l: &AccessLine<'_>, json: bool, at: Option<SystemTime>) {
     let ms_whole = l.micros / 1000;
     let ms_frac = l.micros % 1000;
     if json {
-        s.push('{');
+        s.push(b'{');
         if let Some(t) = at {
-            s.push_str("\"timestamp\":\"");
+            s.extend_from_slice(b"\"timestamp\":\"");
             push_time(s, t);
-            s.push_str("\",");
+            s.extend_from_slice(b"\",");
         }
-        s.push_str("\"level\":\"INFO\",\"client\":\"");
+        s.extend_from_slice(b"\"level\":\"INFO\",\"client\":\"");
         push_client(s, l);
-        s.push_str("\",\"method\":\"");
+        s.extend_from_slice(b"\",\"method\":\"");
         push_escaped(s, l.method);
-        s.push_str("\",\"path\":\"");
+        s.extend_from_slice(b"\",\"path\":\"");
         push_escaped(s, l.path);
-        s.push_str("\",\"status\":");
+        s.extend_from_slice(b"\",\"status\":");
         push_u64(s, l.status as u64);
-        s.push_str(",\"node\":\"");
+        s.extend_from_slice(b",\"node\":\"");
         push_escaped(s, l.node);
-        s.push_str("\",\"sticky\":\"");
+        s.extend_from_slice(b"\",\"sticky\":\"");
         push_escaped(s, l.sticky);
-        s.push_str("\",\"ms\":");
+        s.extend_from_slice(b"\",\"ms\":");
         push_u64(s, ms_whole);
-        s.push('.');
+        s.push(b'.');
         push_frac3(s, ms_frac);
-        s.push_str(",\"target\":\"lb::access\"}\n");
+        s.extend_from_slice(b",\"target\":\"lb::access\"}\n");
     } else {
         if let Some(t) = at {
             push_time(s, t);
-            s.push(' ');
+            s.push(b' ');
         }
-        s.push_str(" INFO lb::access: client=");
+        s.extend_from_slice(b" INFO lb::access: client=");
         push_client(s, l);
-        s.push_str(" method=");
-        s.push_str(l.method);
-        s.push_str(" path=\"");
+        s.extend_from_slice(b" method=");
+        s.extend_from_slice(l.method.as_bytes());
+        s.extend_from_slice(b" path=\"");
         push_escaped(s, l.path);
-        s.push_str("\" status=");
+        s.extend_from_slice(b"\" status=");
         push_u64(s, l.status as u64);
-        s.push_str(" node=");
-        s.push_str(l.node);
-        s.push_str(" sticky=");
-        s.push_str(l.sticky);
-        s.push_str(" ms=");
+        s.extend_from_slice(b" node=");
+        s.extend_from_slice(l.node.as_bytes());
+        s.extend_from_slice(b" sticky=");
+        s.extend_from_slice(l.sticky.as_bytes());
+        s.extend_from_slice(b" ms=");
         push_u64(s, ms_whole);
-        s.push('.');
+        s.push(b'.');
         push_frac3(s, ms_frac);
-        s.push('\n');
+        s.push(b'\n');
     }
 }
 
-fn push_client(s: &mut String, l: &AccessLine<'_>) {
+fn push_client(s: &mut Vec<u8>, l: &AccessLine<'_>) {
     if l.client.is_ipv6() {
-        s.push('[');
-        s.push_str(l.client_ip);
-        s.push(']');
+        s.push(b'[');
+        s.extend_from_slice(l.client_ip.as_bytes());
+        s.push(b']');
     } else {
-        s.push_str(l.client_ip);
+        s.extend_from_slice(l.client_ip.as_bytes());
     }
-    s.push(':');
+    s.push(b':');
     push_u64(s, l.client.port() as u64);
 }
 
-fn push_u64(s: &mut String, mut n: u64) {
+fn push_u64(s: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -146,35 +146,42 @@ fn push_u64(s: &mut String, mut n: u64) {
             break;
         }
     }
-    for &b in &buf[i..] {
-        s.push(b as char);
-    }
+    s.extend_from_slice(&buf[i..]);
 }
 
-fn push_frac3(s: &mut String, n: u64) {
-    s.push((b'0' + (n / 100) as u8) as char);
-    s.push((b'0' + (n / 10 % 10) as u8) as char);
-    s.push((b'0' + (n % 10) as u8) as char);
+fn push_frac3(s: &mut Vec<u8>, n: u64) {
+    s.extend_from_slice(&[
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
 }
 
 /// A string inside quotes: `"` and `\` escaped, control characters as `\u00XX` (valid JSON,
-/// and unambiguous in the text format).
-fn push_escaped(s: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
+/// and unambiguous in the text format). Runs that need nothing are copied whole.
+fn push_escaped(s: &mut Vec<u8>, v: &str) {
+    let needs = |b: u8| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f;
+    let mut rest = v.as_bytes();
+    while let Some(i) = rest.iter().position(|&b| needs(b)) {
+        s.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'"' => s.extend_from_slice(b"\\\""),
+            b'\\' => s.extend_from_slice(b"\\\\"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                s.extend_from_slice(b"\\u00");
+                s.push(HEX[(c >> 4) as usize]);
+                s.push(HEX[(c & 15) as usize]);
             }
-            c => s.push(c),
         }
+        rest = &rest[i + 1..];
     }
+    s.extend_from_slice(rest);
 }
 
 /// RFC 3339 UTC with microseconds, as the other log lines carry; the date and time of day are
 /// formatted once per second per thread.
-fn push_time(s: &mut String, t: SystemTime) {
+fn push_time(s: &mut Vec<u8>, t: SystemTime) {
     thread_local! {
         static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
     }
@@ -185,14 +192,12 @@ fn push_time(s: &mut String, t: SystemTime) {
         text = civil_time(secs);
         SECOND.set((secs, text));
     }
-    for &b in &text {
-        s.push(b as char);
-    }
-    s.push('.');
+    s.extend_from_slice(&text);
+    s.push(b'.');
     let us = d.subsec_micros() as u64;
     push_frac3(s, us / 1000);
     push_frac3(s, us % 1000);
-    s.push('Z');
+    s.push(b'Z');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), by the days-from-civil inverse.
@@ -431,24 +436,24 @@ mod tests {
             client: "[::1]:4242".parse().unwrap(),
             client_ip: "::1",
             method: "GET",
-            path: "/a\"b\\c\u{1}",
+            path: "/a\"b\\c\u{1}\u{7f}é",
             status: 200,
             node: "qps1",
             sticky: "new",
             micros: 12_345,
         };
-        let mut s = String::new();
+        let mut b = Vec::new();
         let at = UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_042);
-        format_access(&mut s, &l, false, Some(at));
+        format_access(&mut b, &l, false, Some(at));
         assert_eq!(
-            s,
+            String::from_utf8(b.clone()).unwrap(),
             "2023-11-14T22:13:20.000042Z  INFO lb::access: client=[::1]:4242 method=GET \
-             path=\"/a\\\"b\\\\c\\u0001\" status=200 node=qps1 sticky=new ms=12.345\n"
+             path=\"/a\\\"b\\\\c\\u0001\\u007fé\" status=200 node=qps1 sticky=new ms=12.345\n"
         );
-        s.clear();
-        format_access(&mut s, &l, true, None);
-        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        assert_eq!(v["path"], "/a\"b\\c\u{1}");
+        b.clear();
+        format_access(&mut b, &l, true, None);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\u{1}\u{7f}é");
         assert_eq!(v["client"], "[::1]:4242");
         assert_eq!(v["status"], 200);
         assert_eq!(v["ms"], 12.345);
