@@ -168,6 +168,8 @@ pub fn rewrite(
         parts.headers.remove(header::FORWARDED);
         parts.headers.remove(&X_REAL_IP);
     }
+    // Room for the three at once: the map grows (rehashes) once at most.
+    parts.headers.reserve(3);
     append_list(&mut parts.headers, &X_FORWARDED_FOR, &conn.peer_ip);
     let proto = if conn.tls { &PROTO_HTTPS } else { &PROTO_HTTP };
     append_list(&mut parts.headers, &X_FORWARDED_PROTO, proto);
@@ -226,38 +228,56 @@ fn strip_listener_headers(snap: &Snapshot, conn: &ConnInfo, headers: &mut Header
 
 /// Removes the route cookie (named `route_cookie`) from the `Cookie` headers: the node never
 /// sees it. Only a header line that carries it changes (that pair goes, the rest stays byte for
-/// byte); a line left empty goes.
+/// byte); a line left empty goes. One lookup of the header; one allocation per changed line.
 pub fn strip_route_cookie(route_cookie: &[u8], headers: &mut HeaderMap) {
+    let header::Entry::Occupied(mut entry) = headers.entry(header::COOKIE) else {
+        return;
+    };
+    let mut kept = Vec::new();
+    let mut values = entry.iter();
+    let first = values.next().map(|v| v.as_bytes());
+    if values.next().is_none() {
+        // The usual case (one line): replaced where it is, or removed when nothing is left.
+        let Some(first) = first else { return };
+        if !cookie::without_into(first, route_cookie, &mut kept) {
+            return;
+        }
+        if kept.is_empty() {
+            entry.remove();
+        } else if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            // The bytes of a valid value, fewer of them: still valid.
+            entry.insert(v);
+        }
+        return;
+    }
     let mut changed = false;
     let mut lines: Vec<HeaderValue> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        match cookie::without(v.as_bytes(), route_cookie) {
-            None => lines.push(v.clone()),
-            Some(kept) => {
-                changed = true;
-                if kept.is_empty() {
-                    continue;
-                }
-                // The bytes of a valid value, fewer of them: still valid.
-                if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
-                    lines.push(v);
-                }
+    for v in entry.iter() {
+        if !cookie::without_into(v.as_bytes(), route_cookie, &mut kept) {
+            lines.push(v.clone());
+            continue;
+        }
+        changed = true;
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_bytes(&kept) {
+                lines.push(v);
             }
         }
     }
     if !changed {
         return;
     }
-    if lines.len() == 1 {
-        // The usual case (one line): replaced where it is.
-        if let Some(v) = lines.pop() {
-            headers.insert(header::COOKIE, v);
+    let mut lines = lines.into_iter();
+    match lines.next() {
+        Some(v) => {
+            entry.insert(v);
+            for v in lines {
+                entry.append(v);
+            }
         }
-        return;
-    }
-    headers.remove(header::COOKIE);
-    for v in lines {
-        headers.append(header::COOKIE, v);
+        None => {
+            entry.remove();
+        }
     }
 }
 
@@ -332,6 +352,38 @@ mod tests {
         assert_eq!(h["sec-websocket-key"], "k");
         assert_eq!(h["sec-websocket-protocol"], "qix");
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn only_the_route_cookie_goes() {
+        let cookies = |h: &HeaderMap| -> Vec<String> {
+            h.get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        let mut h = map(&[("cookie", "a=1; QLB_ROUTE=qps1.x; b=2"), ("host", "h")]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert_eq!(cookies(&h), vec!["a=1; b=2"]);
+        let mut h = map(&[("cookie", "QLB_ROUTE=qps1.x")]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert!(h.get(header::COOKIE).is_none());
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("cookie", " QLB_ROUTE=r; c=3"),
+            ("cookie", "d=4"),
+        ]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert_eq!(cookies(&h), vec!["a=1", "c=3", "d=4"]);
+        let mut h = map(&[("cookie", "QLB_ROUTE=r"), ("cookie", "QLB_ROUTE=s")]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert!(h.get(header::COOKIE).is_none());
+        let mut h = map(&[("cookie", "a=1; XQLB_ROUTE=r"), ("cookie", "b=2")]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert_eq!(cookies(&h), vec!["a=1; XQLB_ROUTE=r", "b=2"]);
+        let mut h = map(&[("host", "h")]);
+        strip_route_cookie(b"QLB_ROUTE", &mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

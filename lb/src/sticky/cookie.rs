@@ -39,26 +39,36 @@ fn pair(part: &[u8]) -> Option<(&[u8], &[u8])> {
 /// The `Cookie` header value without its `name` pairs, the other parts byte for byte as they
 /// were; `None` when it has no such pair. `Some` of an empty value when nothing else is left.
 pub fn without(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
-    let named = |part: &[u8]| pair(part).is_some_and(|(n, _)| n == name);
-    if !segments(header).any(named) {
-        return None;
-    }
-    let mut kept = Vec::with_capacity(header.len());
-    for part in segments(header).filter(|p| !named(p)) {
+    let mut kept = Vec::new();
+    without_into(header, name, &mut kept).then_some(kept)
+}
+
+/// [`without`] into `kept` (cleared first), in one pass; false when there was no such pair
+/// (and `kept` is then to be ignored).
+pub fn without_into(header: &[u8], name: &[u8], kept: &mut Vec<u8>) -> bool {
+    kept.clear();
+    let mut found = false;
+    for part in segments(header) {
+        if pair(part).is_some_and(|(n, _)| n == name) {
+            found = true;
+            continue;
+        }
         if trim(part).is_empty() {
             continue;
         }
-        if !kept.is_empty() {
+        if kept.is_empty() {
+            // The first part kept starts without the blanks that followed a `;`.
+            let start = part
+                .iter()
+                .position(|c| !matches!(c, b' ' | b'\t'))
+                .unwrap_or(part.len());
+            kept.extend_from_slice(&part[start..]);
+        } else {
             kept.push(b';');
+            kept.extend_from_slice(part);
         }
-        kept.extend_from_slice(part);
     }
-    let start = kept
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t'))
-        .unwrap_or(kept.len());
-    kept.drain(..start);
-    Some(kept)
+    found
 }
 
 /// What a `Set-Cookie` header says: its name, value, and whether it removes the cookie
