@@ -23,33 +23,49 @@ pub enum SessionKey {
 impl SessionKey {
     pub fn from_value(v: &[u8]) -> SessionKey {
         match parse_guid(v) {
-            Some(g) => SessionKey::Guid([(g >> 64) as u64, g as u64]),
+            Some(words) => SessionKey::Guid(words),
             None => SessionKey::Text(v.into()),
         }
     }
 }
 
-/// A lowercase `8-4-4-4-12` GUID as a number; `None` for anything else.
-fn parse_guid(v: &[u8]) -> Option<u128> {
-    if v.len() != 36 {
+/// Hex digit values; 0xff for a byte that is not a lowercase hex digit.
+static HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// A lowercase `8-4-4-4-12` GUID as its high and low 64 bits; `None` for anything else.
+fn parse_guid(v: &[u8]) -> Option<[u64; 2]> {
+    let v: &[u8; 36] = v.try_into().ok()?;
+    if v[8] != b'-' || v[13] != b'-' || v[18] != b'-' || v[23] != b'-' {
         return None;
     }
-    let mut n: u128 = 0;
-    for (i, &b) in v.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if b != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        n = (n << 4) | u128::from(d);
-    }
-    Some(n)
+    // Every digit's table entry is or-ed into `bad`: 0xff anywhere marks a non-digit.
+    let mut bad = 0u8;
+    let mut hex = |acc: u64, digits: &[u8]| {
+        digits.iter().fold(acc, |a, &b| {
+            let d = HEX[b as usize];
+            bad |= d;
+            (a << 4) | u64::from(d & 15)
+        })
+    };
+    let hi = hex(0, &v[0..8]);
+    let hi = hex(hi, &v[9..13]);
+    let hi = hex(hi, &v[14..18]);
+    let lo = hex(0, &v[19..23]);
+    let lo = hex(lo, &v[24..36]);
+    (bad & 0xf0 == 0).then_some([hi, lo])
 }
 
 #[derive(Debug)]
@@ -260,7 +276,18 @@ mod tests {
     #[test]
     fn guid_keys_are_compact_and_exact() {
         let g = b"f2b68d0c-e0f0-47fb-8fd6-60a95237db78";
-        assert!(matches!(SessionKey::from_value(g), SessionKey::Guid(_)));
+        assert_eq!(
+            SessionKey::from_value(g),
+            SessionKey::Guid([0xf2b6_8d0c_e0f0_47fb, 0x8fd6_60a9_5237_db78])
+        );
+        for bad in [
+            &b"f2b68d0c-e0f0-47fb-8fd6-60a95237db7g"[..],
+            b"f2b68d0c-e0f0-47fb-8fd6_60a95237db78",
+            b"f2b68d0ce-0f0-47fb-8fd6-60a95237db78",
+            b"f2b68d0c-e0f0-47fb-8fd6-60a95237db780",
+        ] {
+            assert!(matches!(SessionKey::from_value(bad), SessionKey::Text(_)));
+        }
         assert!(matches!(
             SessionKey::from_value(b"F2B68D0C-E0F0-47FB-8FD6-60A95237DB78"),
             SessionKey::Text(_)
