@@ -190,7 +190,9 @@ impl Pool {
                 None if was_private => return Err(SendError::PrivateLost(Box::new(req))),
                 None => match self.checkout() {
                     Some(s) => (s, true),
-                    None => match self.connect.http1().await {
+                    // Boxed: the connect future (TLS handshake included) is large, and in line
+                    // it would be copied with every request's future though rarely run.
+                    None => match Box::pin(self.connect.http1()).await {
                         Ok(s) => (s, false),
                         Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                     },
