@@ -7,6 +7,7 @@
 //! listener's: [`proxy`] for user traffic (PROXY protocol header, client slot, TLS, hyper with
 //! upgrades), [`serve_http`] for the small HTTP services (a router or the redirect).
 
+mod head_watch;
 pub mod proxy;
 pub mod proxy_protocol;
 mod write_watch;

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_config::ProxyProtocolMode;
 use tokio::net::TcpStream;
 
+use super::head_watch::{HeadWatch, Watched};
 use super::write_watch::WriteWatch;
 use super::{refuse, Accepted};
 use crate::limits::ConnHold;
@@ -172,11 +173,22 @@ where
         (l.header_read_timeout, l.max_header_bytes, l.send_timeout)
     };
     let svc_state = state.clone();
-    let svc = service_fn(move |req| proxy::serve(svc_state.clone(), info.clone(), req));
+    // The request-head clock (`header_read_timeout`): one lazily re-armed timer for the
+    // connection, not one per request inside hyper.
+    let watch = HeadWatch::new();
+    let svc_watch = watch.clone();
+    let svc = service_fn(move |req| {
+        let in_flight = svc_watch.begin();
+        let answer = proxy::serve(svc_state.clone(), info.clone(), req);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Watched::new(b, in_flight)))
+        }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(max_header)
         .keep_alive(true);
     let conn = builder
@@ -189,9 +201,15 @@ where
                 tracing::debug!("client connection ended: {e}");
             }
         }
+        _ = watch.expired(header_timeout) => {
+            tracing::debug!("no request head within header_read_timeout: connection closed");
+        }
         _ = state.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = watch.expired(header_timeout) => {}
+            }
         }
     }
 }
