@@ -195,7 +195,9 @@ where
         .serve_connection(TokioIo::new(WriteWatch::new(stream, send_timeout)), svc)
         .with_upgrades();
     tokio::pin!(conn);
+    // In this order (no random start): the connection is what wakes the task.
     tokio::select! {
+        biased;
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!("client connection ended: {e}");

@@ -115,7 +115,9 @@ pub(crate) fn spawn(
                 Some(key) => {
                     let refresh = keep_session(&state, key, counts, touch_every);
                     tokio::pin!(spliced);
+                    // In this order, without a random start: the tunnel is what wakes it.
                     tokio::select! {
+                        biased;
                         end = &mut spliced => end,
                         never = refresh => match never {},
                     }
@@ -216,7 +218,9 @@ struct Closing<'a>(&'a CancellationToken, &'a CancellationToken);
 
 impl Closing<'_> {
     async fn cancelled(&self) {
+        // Polled at every readiness event of the tunnel: no random start.
         tokio::select! {
+            biased;
             _ = self.0.cancelled() => {}
             _ = self.1.cancelled() => {}
         }
