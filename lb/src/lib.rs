@@ -27,6 +27,7 @@
 //! - [`tls`]: rustls server and client configurations.
 //! - [`proxy_protocol`]: the PROXY protocol v1/v2 header.
 //! - [`clock`]: the coarse millisecond clock of the hot path.
+//! - `wake`: a future polled again only after its own waker fired (quiet `select!` branches).
 //! - [`drain`]: draining the whole balancer (`POST /drain`, `lb drain`) and node drain progress.
 //! - `meter`: WebSocket byte counters of the open tunnels, collected at each scrape.
 //! - `metrics_catalog`: every metric with its HELP text, described once at start-up.
@@ -57,6 +58,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod tls;
 pub mod upstream;
+mod wake;
 
 pub use listen::proxy_protocol;
 pub use server::Server;

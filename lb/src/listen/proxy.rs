@@ -22,6 +22,7 @@ use crate::limits::ConnHold;
 use crate::proxy::{self, ConnInfo};
 use crate::state::State;
 use crate::status::Refusal;
+use crate::wake::OnWake;
 
 /// Takes or refuses an accepted connection of listener `listener` (0: `[listener]`, `i`:
 /// `listeners[i - 1]`) by its `max_connections`. A connection counts from here to its very
@@ -195,7 +196,9 @@ where
         .serve_connection(TokioIo::new(WriteWatch::new(stream, send_timeout)), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    // In this order (no random start): the connection is what wakes the task.
+    // The connection is what wakes the task; the other two are polled only when they woke it.
+    let mut expired = OnWake::new(watch.expired(header_timeout));
+    let mut shutdown = OnWake::new(state.shutdown.cancelled());
     tokio::select! {
         biased;
         r = conn.as_mut() => {
@@ -203,14 +206,14 @@ where
                 tracing::debug!("client connection ended: {e}");
             }
         }
-        _ = watch.expired(header_timeout) => {
+        _ = &mut expired => {
             tracing::debug!("no request head within header_read_timeout: connection closed");
         }
-        _ = state.shutdown.cancelled() => {
+        _ = &mut shutdown => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = watch.expired(header_timeout) => {}
+                _ = &mut expired => {}
             }
         }
     }

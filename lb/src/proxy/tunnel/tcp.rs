@@ -44,8 +44,8 @@ pub(super) async fn splice_tcp(
     tokio::pin!(timer);
     // Made once: a new one per turn of the loop registered with (and left) both tokens' wait
     // lists, locks included, at every readiness event.
-    let closed = closing.cancelled();
-    tokio::pin!(closed);
+    // Polled only once a token woke it (not at every readiness event, locks and all).
+    let mut closed = crate::wake::OnWake::new(closing.cancelled());
     loop {
         tokio::select! {
             biased;
