@@ -754,13 +754,16 @@ mod tests {
     fn scenarios() {
         let idle = || sample(30000.0, Some(32768.0), 5.0, 0);
         let busy = || sample(8000.0, Some(32768.0), 70.0, 40);
-        let with_app = |mut s: EngineSample| {
-            s.loaded_docs = vec![format!("C:\\ProgramData\\Qlik\\Sense\\Apps\\{APP}")];
-            s
+        // A new value, not `|mut s| { s.loaded_docs = ...; s }`: rustc 1.95's optimised build
+        // (opt-level 2 and 3) of that closure here handed a later call the buffer an earlier
+        // call had returned (valgrind: read after free; SIGSEGV in `holds_app`).
+        let with_app = |s: EngineSample| EngineSample {
+            loaded_docs: vec![format!("C:\\ProgramData\\Qlik\\Sense\\Apps\\{APP}")],
+            ..s
         };
-        let flagged = |mut s: EngineSample, f: bool| {
-            s.saturated = Some(f);
-            s
+        let flagged = |s: EngineSample, f: bool| EngineSample {
+            saturated: Some(f),
+            ..s
         };
         let cases = vec![
             Case {
