@@ -12,6 +12,7 @@ use super::frames::FrameTracker;
 use super::takeover::Io;
 use super::{Closing, Counts, End, CLOSE_GOING_AWAY, FIN_LINGER};
 use crate::clock;
+use crate::wake::OnWake;
 
 /// How long the balancer's own close frame may take to reach a client.
 const CLOSE_WRITE: Duration = Duration::from_secs(1);
@@ -47,10 +48,15 @@ pub(super) async fn splice_generic(
             Some(&mut down_state),
         );
         let both = both_with_linger(up, down);
+        // The copies are what wake the task; the idle watch and the close are polled only when
+        // they woke it.
+        let idle_end = OnWake::new(idle_watch(&last, idle));
+        let closed = OnWake::new(closing.cancelled());
         tokio::select! {
+            biased;
             _ = both => End::Closed,
-            _ = idle_watch(&last, idle) => End::Idle,
-            _ = closing.cancelled() => End::Closing,
+            _ = idle_end => End::Idle,
+            _ = closed => End::Closing,
         }
     };
     if end != End::Closed && !down_state.writing && down_state.frames.at_boundary() {
